@@ -1,0 +1,289 @@
+//! CIFAR-10 in the official binary format (`cifar-10-batches-bin`).
+
+use crate::DataError;
+use burn::data::dataset::Dataset;
+use std::path::{Path, PathBuf};
+
+/// Bytes of one image: 3 planes (R, G, B) of 32x32, row-major.
+pub const IMAGE_BYTES: usize = 3 * 32 * 32;
+/// Bytes of one record: a label byte, then the image.
+pub const RECORD_BYTES: usize = 1 + IMAGE_BYTES;
+/// Records in one official batch file.
+const RECORDS_PER_FILE: usize = 10_000;
+
+/// The class names, in label order.
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// Which part of CIFAR-10.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// `data_batch_1.bin` to `data_batch_5.bin` (50,000 images when all are present).
+    Train,
+    /// `test_batch.bin` (10,000 images).
+    Test,
+}
+
+impl Split {
+    /// The official file names of the split.
+    pub fn file_names(self) -> Vec<String> {
+        match self {
+            Split::Train => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
+            Split::Test => vec!["test_batch.bin".into()],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        }
+    }
+}
+
+/// One CIFAR-10 image and its label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CifarImage {
+    /// Planar RGB bytes, `[3, 32, 32]`.
+    pub pixels: Vec<u8>,
+    /// Class index, 0 to 9.
+    pub label: u8,
+}
+
+/// A CIFAR-10 split held in memory (at most 150 MB for the full training set).
+#[derive(Debug, Clone)]
+pub struct Cifar10 {
+    records: Vec<u8>,
+    files: Vec<PathBuf>,
+}
+
+impl Cifar10 {
+    /// Reads every file of `split` present in `dir` (any subset of the official files works).
+    pub fn open(dir: &Path, split: Split) -> Result<Self, DataError> {
+        let names = split.file_names();
+        let files: Vec<PathBuf> = names
+            .iter()
+            .map(|n| dir.join(n))
+            .filter(|p| p.is_file())
+            .collect();
+        if files.is_empty() {
+            return Err(DataError::NoFiles {
+                dir: dir.to_path_buf(),
+                split: split.name().into(),
+                expected: names.join(", "),
+            });
+        }
+        let mut records = Vec::new();
+        for path in &files {
+            records.extend(read_batch_file(path)?);
+        }
+        Ok(Self { records, files })
+    }
+
+    /// The files that were found and read, in order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// The image at `index`, without copying.
+    pub fn image(&self, index: usize) -> (&[u8], u8) {
+        let r = &self.records[index * RECORD_BYTES..(index + 1) * RECORD_BYTES];
+        (&r[1..], r[0])
+    }
+}
+
+/// Reads and checks one batch file: a whole number of records, no more than an official file
+/// holds, and labels in 0..10.
+fn read_batch_file(path: &Path) -> Result<Vec<u8>, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    if bytes.is_empty() || bytes.len() % RECORD_BYTES != 0 {
+        return Err(DataError::BadSize {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+            record: RECORD_BYTES,
+        });
+    }
+    let records = bytes.len() / RECORD_BYTES;
+    if records > RECORDS_PER_FILE {
+        return Err(DataError::TooManyRecords {
+            path: path.to_path_buf(),
+            records,
+            max: RECORDS_PER_FILE,
+        });
+    }
+    for (record, chunk) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
+        if chunk[0] > 9 {
+            return Err(DataError::BadLabel {
+                path: path.to_path_buf(),
+                record,
+                label: chunk[0],
+            });
+        }
+    }
+    Ok(bytes)
+}
+
+impl Dataset<CifarImage, DataError> for Cifar10 {
+    fn get(&self, index: usize) -> Result<CifarImage, DataError> {
+        if index >= self.len() {
+            return Err(DataError::OutOfRange {
+                index,
+                len: self.len(),
+            });
+        }
+        let (pixels, label) = self.image(index);
+        Ok(CifarImage {
+            pixels: pixels.to_vec(),
+            label,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.records.len() / RECORD_BYTES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_records(dir: &Path, name: &str, labels: &[u8]) -> PathBuf {
+        let mut bytes = Vec::new();
+        for (i, &l) in labels.iter().enumerate() {
+            bytes.push(l);
+            bytes.extend((0..IMAGE_BYTES).map(|p| ((p + i) % 256) as u8));
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn reads_generated_files_and_says_which_it_found() {
+        let dir = tempfile::tempdir().unwrap();
+        write_records(dir.path(), "data_batch_1.bin", &[3, 7]);
+        write_records(dir.path(), "data_batch_4.bin", &[9]);
+        write_records(dir.path(), "test_batch.bin", &[0]);
+        let train = Cifar10::open(dir.path(), Split::Train).unwrap();
+        assert_eq!(train.len(), 3);
+        let names: Vec<_> = train
+            .files()
+            .iter()
+            .map(|p| p.file_name().unwrap())
+            .collect();
+        assert_eq!(names, ["data_batch_1.bin", "data_batch_4.bin"]);
+        let item = train.get(1).unwrap();
+        assert_eq!(item.label, 7);
+        assert_eq!(item.pixels[0], 1);
+        assert_eq!(train.get(2).unwrap().label, 9);
+        assert!(matches!(
+            train.get(3),
+            Err(DataError::OutOfRange { index: 3, len: 3 })
+        ));
+        assert_eq!(Cifar10::open(dir.path(), Split::Test).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn truncated_file_is_an_error_naming_file_size_and_record_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_records(dir.path(), "data_batch_1.bin", &[1, 2]);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+        let msg = Cifar10::open(dir.path(), Split::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("data_batch_1.bin"), "{msg}");
+        assert!(msg.contains(&(2 * RECORD_BYTES - 100).to_string()), "{msg}");
+        assert!(msg.contains("3073"), "{msg}");
+    }
+
+    #[test]
+    fn oversized_and_empty_files_and_bad_labels_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_records(dir.path(), "test_batch.bin", &[1]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.push(0);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            Cifar10::open(dir.path(), Split::Test),
+            Err(DataError::BadSize { .. })
+        ));
+        std::fs::write(&path, vec![0u8; RECORD_BYTES * (RECORDS_PER_FILE + 1)]).unwrap();
+        let err = Cifar10::open(dir.path(), Split::Test).unwrap_err();
+        assert!(matches!(err, DataError::TooManyRecords { .. }), "{err}");
+        std::fs::write(&path, []).unwrap();
+        assert!(matches!(
+            Cifar10::open(dir.path(), Split::Test),
+            Err(DataError::BadSize { size: 0, .. })
+        ));
+        write_records(dir.path(), "test_batch.bin", &[4, 12]);
+        let msg = Cifar10::open(dir.path(), Split::Test)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("record 1") && msg.contains("label 12"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_folder_without_cifar_files_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("data_batch_1.txt"), b"x").unwrap();
+        let msg = Cifar10::open(dir.path(), Split::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("data_batch_1.bin"), "{msg}");
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+    }
+
+    /// The real data in `../shared/datasets/cifar10`, or `$HAYATE_CIFAR10_DIR`.
+    fn shared_cifar10() -> Option<PathBuf> {
+        let dir = std::env::var_os("HAYATE_CIFAR10_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/cifar10")
+            });
+        if dir.join("test_batch.bin").is_file() {
+            Some(dir)
+        } else {
+            eprintln!(
+                "skipped: no CIFAR-10 at {} (set HAYATE_CIFAR10_DIR)",
+                dir.display()
+            );
+            None
+        }
+    }
+
+    #[test]
+    fn reads_the_real_cifar10_subset() {
+        let Some(dir) = shared_cifar10() else { return };
+        let train = Cifar10::open(&dir, Split::Train).unwrap();
+        let test = Cifar10::open(&dir, Split::Test).unwrap();
+        assert_eq!(train.len(), 10_000);
+        assert_eq!(test.len(), 10_000);
+        let mut counts = [0usize; 10];
+        for i in 0..test.len() {
+            counts[test.image(i).1 as usize] += 1;
+        }
+        // The official test set has exactly 1,000 images per class.
+        assert_eq!(counts, [1000; 10]);
+        // Real photographs use the whole byte range and are not constant.
+        let (pixels, _) = train.image(0);
+        let (min, max) = (pixels.iter().min().unwrap(), pixels.iter().max().unwrap());
+        assert!(max - min > 50);
+        let names = std::fs::read_to_string(dir.join("batches.meta.txt")).unwrap();
+        let names: Vec<&str> = names.split_whitespace().collect();
+        assert_eq!(names, CIFAR10_CLASSES);
+    }
+}

@@ -1,0 +1,216 @@
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig,
+    PaddingConfig2d,
+};
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+
+/// A 3x3 convolution with "same" padding and the given stride.
+pub(crate) fn conv3x3(cin: usize, cout: usize, stride: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([cin, cout], [3, 3])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(device)
+}
+
+/// A 1x1 convolution (DDPM's "network in network" layer).
+fn conv1x1(cin: usize, cout: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([cin, cout], [1, 1]).init(device)
+}
+
+/// Convolutions that start at zero, so each residual branch starts as the identity (DDPM
+/// scales these by 1e-10; ADM zeroes them).
+pub(crate) fn zero_conv(cin: usize, cout: usize, kernel: usize, device: &Device) -> Conv2d {
+    let pad = kernel / 2;
+    Conv2dConfig::new([cin, cout], [kernel, kernel])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_initializer(Initializer::Zeros)
+        .init(device)
+}
+
+pub(crate) fn group_norm(groups: usize, channels: usize, device: &Device) -> GroupNorm {
+    GroupNormConfig::new(groups, channels).init(device)
+}
+
+/// Sinusoidal embedding of the timestep followed by a two-layer MLP, as in DDPM.
+#[derive(Module, Debug)]
+pub struct TimestepEmbedding {
+    /// Number of sinusoid frequencies (half the embedded width).
+    half: usize,
+    dense0: Linear,
+    dense1: Linear,
+}
+
+impl TimestepEmbedding {
+    /// Embeds `base_channels`-wide sinusoids into `embed_dim` features.
+    pub fn new(base_channels: usize, embed_dim: usize, device: &Device) -> Self {
+        Self {
+            half: base_channels / 2,
+            dense0: LinearConfig::new(base_channels, embed_dim).init(device),
+            dense1: LinearConfig::new(embed_dim, embed_dim).init(device),
+        }
+    }
+
+    /// # Shapes
+    /// - `t`: `[batch]`, timesteps as floats in `[0, T)`
+    /// - output: `[batch, embed_dim]`
+    pub fn forward(&self, t: Tensor<1>) -> Tensor<2> {
+        let [n] = t.dims();
+        let half = self.half;
+        // DDPM's spacing, exp(-ln(10000) i / (half - 1)), computed on the host in f64 so every
+        // backend sees the same frequencies.
+        let denom = (half.max(2) - 1) as f64;
+        let freqs: Vec<f32> = (0..half)
+            .map(|i| (-(10000f64.ln()) * i as f64 / denom).exp() as f32)
+            .collect();
+        let freqs = Tensor::<1>::from_data(TensorData::new(freqs, [half]), &t.device());
+        let angles = t.reshape([n, 1]) * freqs.reshape([1, half]);
+        let emb = Tensor::cat(vec![angles.clone().sin(), angles.cos()], 1);
+        self.dense1.forward(silu(self.dense0.forward(emb)))
+    }
+}
+
+/// Residual block: GroupNorm, SiLU, conv, timestep injection, GroupNorm, SiLU, dropout, conv,
+/// with a 1x1 convolution on the skip path when the width changes.
+#[derive(Module, Debug)]
+pub struct ResBlock {
+    norm0: GroupNorm,
+    conv0: Conv2d,
+    time_proj: Linear,
+    norm1: GroupNorm,
+    dropout: Dropout,
+    conv1: Conv2d,
+    skip: Option<Conv2d>,
+}
+
+impl ResBlock {
+    /// A block from `cin` to `cout` channels, fed a `time_dim`-wide timestep embedding.
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        time_dim: usize,
+        groups: usize,
+        dropout: f64,
+        device: &Device,
+    ) -> Self {
+        Self {
+            norm0: group_norm(groups, cin, device),
+            conv0: conv3x3(cin, cout, 1, device),
+            time_proj: LinearConfig::new(time_dim, cout).init(device),
+            norm1: group_norm(groups, cout, device),
+            dropout: DropoutConfig::new(dropout).init(),
+            conv1: zero_conv(cout, cout, 3, device),
+            skip: (cin != cout).then(|| conv1x1(cin, cout, device)),
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, cin, h, w]`
+    /// - `temb`: `[batch, time_dim]`
+    /// - output: `[batch, cout, h, w]`
+    pub fn forward(&self, x: Tensor<4>, temb: Tensor<2>) -> Tensor<4> {
+        let h = self.conv0.forward(silu(self.norm0.forward(x.clone())));
+        let [n, c, _, _] = h.dims();
+        let h = h + self
+            .time_proj
+            .forward(silu(temb))
+            .reshape([n as i64, c as i64, 1, 1]);
+        let h = self
+            .conv1
+            .forward(self.dropout.forward(silu(self.norm1.forward(h))));
+        let skip = match &self.skip {
+            Some(conv) => conv.forward(x),
+            None => x,
+        };
+        skip + h
+    }
+}
+
+/// Single-head self-attention over all pixels, with a residual connection (DDPM's AttnBlock).
+#[derive(Module, Debug)]
+pub struct AttentionBlock {
+    norm: GroupNorm,
+    query: Conv2d,
+    key: Conv2d,
+    value: Conv2d,
+    out: Conv2d,
+}
+
+impl AttentionBlock {
+    /// Attention over `channels`-wide feature maps.
+    pub fn new(channels: usize, groups: usize, device: &Device) -> Self {
+        Self {
+            norm: group_norm(groups, channels, device),
+            query: conv1x1(channels, channels, device),
+            key: conv1x1(channels, channels, device),
+            value: conv1x1(channels, channels, device),
+            out: zero_conv(channels, channels, 1, device),
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, channels, h, w]`
+    /// - output: `[batch, channels, h, w]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [n, c, h, w] = x.dims();
+        let normed = self.norm.forward(x.clone());
+        let flat = |t: Tensor<4>| t.reshape([n, c, h * w]);
+        let q = flat(self.query.forward(normed.clone())).swap_dims(1, 2); // [n, hw, c]
+        let k = flat(self.key.forward(normed.clone())); // [n, c, hw]
+        let v = flat(self.value.forward(normed)).swap_dims(1, 2); // [n, hw, c]
+        let weights = softmax(q.matmul(k) * (1.0 / (c as f64).sqrt()), 2); // [n, hw, hw]
+        let attended = weights.matmul(v).swap_dims(1, 2).reshape([n, c, h, w]);
+        x + self.out.forward(attended)
+    }
+}
+
+/// Halves the resolution with a strided 3x3 convolution.
+#[derive(Module, Debug)]
+pub struct Downsample {
+    conv: Conv2d,
+}
+
+impl Downsample {
+    /// A downsampler for `channels`-wide maps.
+    pub fn new(channels: usize, device: &Device) -> Self {
+        Self {
+            conv: conv3x3(channels, channels, 2, device),
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, channels, h, w]` (h, w even)
+    /// - output: `[batch, channels, h / 2, w / 2]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(x)
+    }
+}
+
+/// Doubles the resolution (nearest neighbour), then a 3x3 convolution.
+#[derive(Module, Debug)]
+pub struct Upsample {
+    conv: Conv2d,
+}
+
+impl Upsample {
+    /// An upsampler for `channels`-wide maps.
+    pub fn new(channels: usize, device: &Device) -> Self {
+        Self {
+            conv: conv3x3(channels, channels, 1, device),
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, channels, h, w]`
+    /// - output: `[batch, channels, 2h, 2w]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [n, c, h, w] = x.dims();
+        // Nearest-neighbour by broadcasting: each pixel becomes a 2x2 block.
+        let x = x
+            .reshape([n, c, h, 1, w, 1])
+            .expand([n, c, h, 2, w, 2])
+            .reshape([n, c, 2 * h, 2 * w]);
+        self.conv.forward(x)
+    }
+}

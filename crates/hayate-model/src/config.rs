@@ -1,0 +1,288 @@
+use serde::{Deserialize, Serialize};
+
+/// Configuration of a [`UNet`](crate::UNet): the DDPM (Ho et al. 2020) layout, with the
+/// widths, depths and attention placement of ADM (Dhariwal & Nichol 2021) as options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UNetConfig {
+    /// Side length of the square input images, in pixels.
+    pub resolution: usize,
+    /// Channels of the input and output images.
+    #[serde(default = "default_image_channels")]
+    pub image_channels: usize,
+    /// Channels of the first level; level `i` has `base_channels * channel_mult[i]`.
+    pub base_channels: usize,
+    /// Width multiplier of each level; each level after the first halves the resolution.
+    pub channel_mult: Vec<usize>,
+    /// Residual blocks per level on the way down (the way up has one more, as in DDPM).
+    pub num_res_blocks: usize,
+    /// Resolutions (in pixels) at which a self-attention block follows each residual block.
+    pub attention_resolutions: Vec<usize>,
+    /// Dropout probability inside the residual blocks (active only in training).
+    pub dropout: f64,
+    /// Groups of every GroupNorm; each level's width must be a multiple of it.
+    #[serde(default = "default_norm_groups")]
+    pub norm_groups: usize,
+}
+
+fn default_image_channels() -> usize {
+    3
+}
+
+fn default_norm_groups() -> usize {
+    32
+}
+
+/// A [`UNetConfig`] that cannot build a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelConfigError(pub String);
+
+impl std::fmt::Display for ModelConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid model config: {}", self.0)
+    }
+}
+
+impl std::error::Error for ModelConfigError {}
+
+/// One residual block of the plan: its input and output widths and whether attention follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockPlan {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub resolution: usize,
+    pub attention: bool,
+}
+
+/// The network's shape, derived once from the config so that `init` and the FLOP count walk
+/// the same structure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Per level, the residual blocks on the way down, then whether a downsample follows.
+    pub down: Vec<(Vec<BlockPlan>, bool)>,
+    /// Width (and resolution) of the middle blocks.
+    pub middle: (usize, usize),
+    /// Per level from the bottom, the residual blocks on the way up, then whether an upsample
+    /// follows.
+    pub up: Vec<(Vec<BlockPlan>, bool)>,
+}
+
+impl UNetConfig {
+    /// The DDPM CIFAR-10 model: 128 channels, multipliers (1, 2, 2, 2), two residual blocks per
+    /// level, attention at 16x16, dropout 0.1 (35.7M parameters).
+    pub fn ddpm_cifar10() -> Self {
+        Self {
+            resolution: 32,
+            image_channels: 3,
+            base_channels: 128,
+            channel_mult: vec![1, 2, 2, 2],
+            num_res_blocks: 2,
+            attention_resolutions: vec![16],
+            dropout: 0.1,
+            norm_groups: 32,
+        }
+    }
+
+    /// A small 32x32 model for tests and CPU experiments: 32 channels, two levels, one residual
+    /// block per level, attention at 16x16.
+    pub fn tiny() -> Self {
+        Self {
+            resolution: 32,
+            image_channels: 3,
+            base_channels: 32,
+            channel_mult: vec![1, 2],
+            num_res_blocks: 1,
+            attention_resolutions: vec![16],
+            dropout: 0.0,
+            norm_groups: 8,
+        }
+    }
+
+    /// The preset with this name (`ddpm_cifar10`, `tiny`).
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "ddpm_cifar10" => Some(Self::ddpm_cifar10()),
+            "tiny" => Some(Self::tiny()),
+            _ => None,
+        }
+    }
+
+    /// Names of the presets that [`UNetConfig::preset`] knows.
+    pub const PRESETS: [&'static str; 2] = ["ddpm_cifar10", "tiny"];
+
+    /// Width of the timestep embedding (4x the base width, as in DDPM).
+    pub fn time_embed_dim(&self) -> usize {
+        4 * self.base_channels
+    }
+
+    /// Checks that the config describes a network that can be built.
+    pub fn validate(&self) -> Result<(), ModelConfigError> {
+        let err = |m: String| Err(ModelConfigError(m));
+        if self.channel_mult.is_empty() {
+            return err("channel_mult must list at least one level".into());
+        }
+        if self.base_channels == 0 || self.channel_mult.contains(&0) {
+            return err("base_channels and every channel_mult must be positive".into());
+        }
+        if self.base_channels % 2 != 0 {
+            return err(format!(
+                "base_channels ({}) must be even for the sinusoidal timestep embedding",
+                self.base_channels
+            ));
+        }
+        if self.num_res_blocks == 0 {
+            return err("num_res_blocks must be at least 1".into());
+        }
+        if self.image_channels == 0 {
+            return err("image_channels must be positive".into());
+        }
+        if self.norm_groups == 0 {
+            return err("norm_groups must be positive".into());
+        }
+        for width in std::iter::once(1).chain(self.channel_mult.iter().copied()) {
+            let c = self.base_channels * width;
+            if c % self.norm_groups != 0 {
+                return err(format!(
+                    "width {c} is not a multiple of norm_groups ({})",
+                    self.norm_groups
+                ));
+            }
+        }
+        let levels = self.channel_mult.len() as u32;
+        let divisor = 1usize << (levels - 1);
+        if self.resolution == 0 || self.resolution % divisor != 0 {
+            return err(format!(
+                "resolution {} must be a positive multiple of {divisor} for {levels} levels",
+                self.resolution
+            ));
+        }
+        let reachable: Vec<usize> = (0..levels).map(|i| self.resolution >> i).collect();
+        if let Some(r) = self
+            .attention_resolutions
+            .iter()
+            .find(|r| !reachable.contains(r))
+        {
+            return err(format!(
+                "attention resolution {r} is not one of the levels' resolutions {reachable:?}"
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return err(format!("dropout {} must be in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn plan(&self) -> Plan {
+        let ch = self.base_channels;
+        let levels = self.channel_mult.len();
+        let mut down = Vec::with_capacity(levels);
+        // Widths of the skip connections, in the order the down path produces them.
+        let mut skips = vec![ch];
+        let mut current = ch;
+        let mut resolution = self.resolution;
+        for (level, mult) in self.channel_mult.iter().enumerate() {
+            let out = ch * mult;
+            let attention = self.attention_resolutions.contains(&resolution);
+            let mut blocks = Vec::with_capacity(self.num_res_blocks);
+            for _ in 0..self.num_res_blocks {
+                blocks.push(BlockPlan {
+                    in_channels: current,
+                    out_channels: out,
+                    resolution,
+                    attention,
+                });
+                current = out;
+                skips.push(current);
+            }
+            let downsample = level + 1 != levels;
+            if downsample {
+                skips.push(current);
+                resolution /= 2;
+            }
+            down.push((blocks, downsample));
+        }
+        let middle = (current, resolution);
+        let mut up = Vec::with_capacity(levels);
+        for (level, mult) in self.channel_mult.iter().enumerate().rev() {
+            let out = ch * mult;
+            let attention = self.attention_resolutions.contains(&resolution);
+            let mut blocks = Vec::with_capacity(self.num_res_blocks + 1);
+            for _ in 0..=self.num_res_blocks {
+                let skip = skips
+                    .pop()
+                    .expect("the down path yields one skip per up block");
+                blocks.push(BlockPlan {
+                    in_channels: current + skip,
+                    out_channels: out,
+                    resolution,
+                    attention,
+                });
+                current = out;
+            }
+            let upsample = level != 0;
+            if upsample {
+                resolution *= 2;
+            }
+            up.push((blocks, upsample));
+        }
+        Plan { down, middle, up }
+    }
+
+    /// Multiply-adds times two (FLOPs) of one forward pass on one image, counting convolutions,
+    /// linear layers and attention matrix products; norms and activations are left out.
+    pub fn forward_flops(&self) -> u64 {
+        let conv = |cin: usize, cout: usize, k: usize, res: usize| -> u64 {
+            2 * (cin * cout * k * k * res * res) as u64
+        };
+        let temb = self.time_embed_dim();
+        let linear = |i: usize, o: usize| 2 * (i * o) as u64;
+        let res_block = |b: &BlockPlan| -> u64 {
+            let mut f = conv(b.in_channels, b.out_channels, 3, b.resolution)
+                + conv(b.out_channels, b.out_channels, 3, b.resolution)
+                + linear(temb, b.out_channels);
+            if b.in_channels != b.out_channels {
+                f += conv(b.in_channels, b.out_channels, 1, b.resolution);
+            }
+            f
+        };
+        let attention = |c: usize, res: usize| -> u64 {
+            let hw = (res * res) as u64;
+            4 * conv(c, c, 1, res) + 2 * 2 * hw * hw * c as u64
+        };
+        let block = |b: &BlockPlan| {
+            res_block(b)
+                + if b.attention {
+                    attention(b.out_channels, b.resolution)
+                } else {
+                    0
+                }
+        };
+        let plan = self.plan();
+        let ch = self.base_channels;
+        let mut total = linear(ch, temb) + linear(temb, temb);
+        total += conv(self.image_channels, ch, 3, self.resolution);
+        for (blocks, downsample) in &plan.down {
+            total += blocks.iter().map(block).sum::<u64>();
+            if *downsample {
+                let last = blocks[blocks.len() - 1];
+                total += conv(last.out_channels, last.out_channels, 3, last.resolution / 2);
+            }
+        }
+        let (mc, mr) = plan.middle;
+        let mid = BlockPlan {
+            in_channels: mc,
+            out_channels: mc,
+            resolution: mr,
+            attention: false,
+        };
+        total += 2 * res_block(&mid) + attention(mc, mr);
+        for (blocks, upsample) in &plan.up {
+            total += blocks.iter().map(block).sum::<u64>();
+            if *upsample {
+                let last = blocks[blocks.len() - 1];
+                total += conv(last.out_channels, last.out_channels, 3, last.resolution * 2);
+            }
+        }
+        total + conv(ch, self.image_channels, 3, self.resolution)
+    }
+}

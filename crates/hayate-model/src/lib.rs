@@ -1,0 +1,22 @@
+//! The hayate denoiser: a DDPM/ADM-style UNet for [Burn](https://burn.dev).
+//!
+//! This crate holds the network only, with no training code, so any Burn project can embed it:
+//!
+//! ```no_run
+//! use burn::prelude::*;
+//! use hayate_model::UNetConfig;
+//!
+//! let device = Device::default();
+//! let model = UNetConfig::ddpm_cifar10().init(&device);
+//! let x = Tensor::<4>::zeros([2, 3, 32, 32], &device);
+//! let t = Tensor::<1>::from_floats([10.0, 500.0], &device);
+//! let eps = model.forward(x, t); // [2, 3, 32, 32]
+//! ```
+
+mod blocks;
+mod config;
+mod unet;
+
+pub use blocks::{AttentionBlock, Downsample, ResBlock, TimestepEmbedding, Upsample};
+pub use config::{ModelConfigError, UNetConfig};
+pub use unet::UNet;

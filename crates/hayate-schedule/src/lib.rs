@@ -1,0 +1,23 @@
+//! Diffusion math for hayate, as plain host-side `f64` functions.
+//!
+//! Everything here runs on the CPU, from explicit seeded generators, so every backend and every
+//! GPU sees the same numbers: the noise schedules and forward-process coefficients
+//! ([`NoiseSchedule`]), the prediction targets ([`Prediction`]), the timestep samplers
+//! ([`TimestepSampler`]), and the DDPM and DDIM samplers ([`ddpm`], [`ddim`]) that take the
+//! model as a [`Denoiser`].
+
+pub mod ddim;
+pub mod ddpm;
+mod denoiser;
+mod noise;
+mod prediction;
+mod rng;
+mod sampler;
+mod timestep;
+
+pub use denoiser::Denoiser;
+pub use noise::{BetaSchedule, NoiseSchedule, ScheduleError};
+pub use prediction::Prediction;
+pub use rng::{HostRng, fill_standard_normal, standard_normal};
+pub use sampler::Sampler;
+pub use timestep::{TimestepSampler, Uniform};

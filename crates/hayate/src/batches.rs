@@ -1,0 +1,236 @@
+//! Host-side batch preparation: data order, flips, timesteps and noise, each from its own seeded
+//! stream, so every backend sees the same inputs and a resumed run continues the same sequence.
+
+use crate::step::DenoisingBatch;
+use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
+use burn::data::dataset::{Dataset, DatasetError};
+use burn::prelude::*;
+use hayate_data::{Cifar10, image_to_unit_range};
+use hayate_schedule::{HostRng, NoiseSchedule, Prediction, TimestepSampler, fill_standard_normal};
+use rand::{Rng, RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+
+/// The random streams of a run, one per purpose, all derived from the run's seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Streams {
+    /// Data order and flips.
+    pub data: HostRng,
+    /// Training timesteps.
+    pub timestep: HostRng,
+    /// Training noise.
+    pub noise: HostRng,
+    /// Seeds for the backend's dropout masks.
+    pub dropout: HostRng,
+}
+
+impl Streams {
+    /// Independent streams of one seed (ChaCha stream ids 1 to 4).
+    pub fn new(seed: u64) -> Self {
+        let stream = |id: u64| {
+            let mut rng = HostRng::seed_from_u64(seed);
+            rng.set_stream(id);
+            rng
+        };
+        Self {
+            data: stream(1),
+            timestep: stream(2),
+            noise: stream(3),
+            dropout: stream(4),
+        }
+    }
+}
+
+/// Everything that decides the next batch; saved in each checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceState {
+    /// Optimiser steps taken so far: the true global step.
+    pub step: u64,
+    /// The random streams.
+    pub streams: Streams,
+    /// The current epoch's permutation of the dataset.
+    pub order: Vec<u32>,
+    /// Position in `order`.
+    pub cursor: usize,
+}
+
+/// Builds training batches from a dataset, a noise schedule and a timestep sampler.
+pub struct BatchSource {
+    /// The images.
+    pub dataset: Arc<Cifar10>,
+    /// The noise schedule.
+    pub schedule: NoiseSchedule,
+    /// What the network is trained to predict.
+    pub prediction: Prediction,
+    /// How t is drawn.
+    pub sampler: Box<dyn TimestepSampler>,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Total steps of the run (the curriculum samplers read it).
+    pub total_steps: u64,
+    /// Mirror images at random.
+    pub random_flip: bool,
+    /// The sequence position.
+    pub state: SourceState,
+}
+
+/// A batch on the host, before it is moved to a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostBatch {
+    /// Noisy images, flattened `[N, 3, 32, 32]`.
+    pub x_t: Vec<f32>,
+    /// Timesteps.
+    pub t: Vec<usize>,
+    /// Regression targets, flattened like `x_t`.
+    pub target: Vec<f32>,
+    /// A seed for the device's dropout masks in this step.
+    pub dropout_seed: u64,
+}
+
+impl BatchSource {
+    /// Draws the next batch and advances the step.
+    pub fn next_batch(&mut self) -> HostBatch {
+        let n = self.batch_size;
+        let per = hayate_data::IMAGE_BYTES;
+        let state = &mut self.state;
+        let mut x0 = vec![0f32; n * per];
+        for dst in x0.chunks_exact_mut(per) {
+            if state.cursor >= state.order.len() {
+                state.order = shuffled(self.dataset.len(), &mut state.streams.data);
+                state.cursor = 0;
+            }
+            let index = state.order[state.cursor] as usize;
+            state.cursor += 1;
+            let flip = self.random_flip && state.streams.data.random::<bool>();
+            image_to_unit_range(self.dataset.image(index).0, 32, flip, dst);
+        }
+        let t = self.sampler.sample(
+            self.schedule.steps(),
+            state.step,
+            self.total_steps,
+            n,
+            &mut state.streams.timestep,
+        );
+        let mut eps = vec![0f32; n * per];
+        fill_standard_normal(&mut state.streams.noise, &mut eps);
+        let mut x_t = vec![0f32; n * per];
+        let mut target = vec![0f32; n * per];
+        for (i, &ti) in t.iter().enumerate() {
+            let ab = self.schedule.alpha_bar(ti);
+            let (a, b) = self.schedule.forward_coefficients(ti);
+            for j in i * per..(i + 1) * per {
+                let (x, e) = (x0[j] as f64, eps[j] as f64);
+                x_t[j] = (a * x + b * e) as f32;
+                target[j] = self.prediction.target(x, e, ab) as f32;
+            }
+        }
+        let dropout_seed = state.streams.dropout.next_u64();
+        state.step += 1;
+        HostBatch {
+            x_t,
+            t,
+            target,
+            dropout_seed,
+        }
+    }
+}
+
+/// A permutation of 0..n by Fisher-Yates from `rng`.
+fn shuffled(n: usize, rng: &mut impl Rng) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    order
+}
+
+impl HostBatch {
+    /// Moves the batch to `device`, seeding the device's dropout first.
+    pub fn to_device(&self, device: &Device) -> DenoisingBatch {
+        let n = self.t.len();
+        let shape = [n, 3, 32, 32];
+        device.seed(self.dropout_seed);
+        let t: Vec<f32> = self.t.iter().map(|&t| t as f32).collect();
+        DenoisingBatch {
+            x_t: Tensor::from_data(TensorData::new(self.x_t.clone(), shape), device),
+            t: Tensor::from_data(TensorData::new(t, [n]), device),
+            target: Tensor::from_data(TensorData::new(self.target.clone(), shape), device),
+        }
+    }
+}
+
+/// Burn's view of the batch source: each pass over it is one "epoch" of `steps` steps, the
+/// interval between checkpoints.
+#[derive(Clone)]
+pub struct StepLoader {
+    /// The shared source; the training strategy reads its state for checkpoints.
+    pub source: Arc<Mutex<BatchSource>>,
+    /// Steps per pass.
+    pub steps: usize,
+    /// Where batches go.
+    pub device: Device,
+}
+
+struct StepIter<'a> {
+    loader: &'a StepLoader,
+    done: usize,
+}
+
+impl Iterator for StepIter<'_> {
+    type Item = Result<DenoisingBatch, DatasetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done >= self.loader.steps {
+            return None;
+        }
+        let mut source = self.loader.source.lock().expect("batch source lock");
+        if source.state.step >= source.total_steps {
+            return None;
+        }
+        self.done += 1;
+        Some(Ok(source.next_batch().to_device(&self.loader.device)))
+    }
+}
+
+impl DataLoaderIterator<DenoisingBatch> for StepIter<'_> {
+    fn progress(&self) -> Progress {
+        let batch = self
+            .loader
+            .source
+            .lock()
+            .expect("batch source lock")
+            .batch_size;
+        Progress {
+            items_processed: self.done * batch,
+            items_total: self.loader.steps * batch,
+            unit: Some("images".into()),
+        }
+    }
+}
+
+impl DataLoader<DenoisingBatch> for StepLoader {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<DenoisingBatch> + 'a> {
+        Box::new(StepIter {
+            loader: self,
+            done: 0,
+        })
+    }
+
+    fn num_items(&self) -> usize {
+        self.steps * self.source.lock().expect("batch source lock").batch_size
+    }
+
+    fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<DenoisingBatch>> {
+        Arc::new(Self {
+            device: device.clone(),
+            ..self.clone()
+        })
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<DenoisingBatch>> {
+        Arc::new(Self {
+            steps: end.min(self.steps).saturating_sub(start),
+            ..self.clone()
+        })
+    }
+}

@@ -1,0 +1,228 @@
+//! Checkpoints: one file per checkpoint holding model, EMA, optimiser, scheduler, RNG streams,
+//! step and config, written atomically (temporary file, fsync, rename) and checksummed.
+
+use crate::batches::SourceState;
+use crate::config::RunConfig;
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"HAYATECK";
+const VERSION: u32 = 1;
+
+/// The host-side part of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// The resolved run config.
+    pub config: RunConfig,
+    /// The batch sequence's position, including the global step and RNG streams.
+    pub source: SourceState,
+    /// Names and byte lengths of the binary sections, in file order.
+    pub sections: Vec<(String, u64)>,
+}
+
+/// A checkpoint in memory: metadata plus named binary records (Burn's burnpack bytes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// Config, step, RNG state.
+    pub meta: CheckpointMeta,
+    /// The records, by name.
+    pub sections: Vec<(String, Vec<u8>)>,
+}
+
+impl Checkpoint {
+    /// The global step the checkpoint was taken at.
+    pub fn step(&self) -> u64 {
+        self.meta.source.step
+    }
+
+    /// The section named `name`.
+    pub fn section(&self, name: &str) -> Result<&[u8]> {
+        self.sections
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.as_slice())
+            .with_context(|| format!("checkpoint has no {name:?} section"))
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut meta = self.meta.clone();
+        meta.sections = self
+            .sections
+            .iter()
+            .map(|(n, b)| (n.clone(), b.len() as u64))
+            .collect();
+        let json = serde_json::to_vec(&meta).expect("checkpoint metadata serialises");
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        out.extend_from_slice(&json);
+        for (_, bytes) in &self.sections {
+            out.extend_from_slice(bytes);
+        }
+        let digest = Sha256::digest(&out);
+        out.extend_from_slice(&digest);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        ensure!(
+            bytes.len() >= 8 + 4 + 8 + 32,
+            "file too short to be a checkpoint"
+        );
+        ensure!(&bytes[..8] == MAGIC, "not a hayate checkpoint (bad magic)");
+        let (body, digest) = bytes.split_at(bytes.len() - 32);
+        ensure!(
+            Sha256::digest(body).as_slice() == digest,
+            "checksum mismatch: the file is corrupt or incomplete"
+        );
+        let version = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes"));
+        ensure!(
+            version == VERSION,
+            "checkpoint format version {version}, expected {VERSION}"
+        );
+        let json_len = u64::from_le_bytes(body[12..20].try_into().expect("8 bytes")) as usize;
+        let json = body.get(20..20 + json_len).context("truncated metadata")?;
+        let meta: CheckpointMeta = serde_json::from_slice(json).context("bad metadata")?;
+        let mut offset = 20 + json_len;
+        let mut sections = Vec::new();
+        for (name, len) in &meta.sections {
+            let end = offset + *len as usize;
+            let data = body.get(offset..end).context("truncated section")?;
+            sections.push((name.clone(), data.to_vec()));
+            offset = end;
+        }
+        ensure!(
+            offset == body.len(),
+            "trailing bytes after the last section"
+        );
+        Ok(Self { meta, sections })
+    }
+
+    /// Writes the checkpoint into `dir` as `ckpt-<step>.hayate`, atomically, then deletes all
+    /// but the newest `keep`. Returns the file's path.
+    pub fn save(&self, dir: &Path, keep: usize) -> Result<PathBuf> {
+        let path = dir.join(format!("ckpt-{:09}.hayate", self.step()));
+        write_atomic(&path, &self.encode())?;
+        let all = list(dir)?;
+        for old in all.iter().take(all.len().saturating_sub(keep)) {
+            std::fs::remove_file(old)
+                .with_context(|| format!("cannot delete old checkpoint {}", old.display()))?;
+        }
+        Ok(path)
+    }
+
+    /// Reads and verifies a checkpoint file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+        Self::decode(&bytes).with_context(|| format!("checkpoint {}", path.display()))
+    }
+
+    /// The newest checkpoint in `dir` (a checkpoint file, or a run folder).
+    pub fn latest(dir: &Path) -> Result<PathBuf> {
+        if dir.is_file() {
+            return Ok(dir.to_path_buf());
+        }
+        let found = list(dir)?;
+        match found.last() {
+            Some(p) => Ok(p.clone()),
+            None => bail!("no checkpoint (ckpt-*.hayate) in {}", dir.display()),
+        }
+    }
+}
+
+/// Checkpoint files in `dir`, oldest first.
+fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))?;
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("ckpt-") && n.ends_with(".hayate"))
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it, renames it over `path`, and
+/// syncs the folder, so `path` is always either the old or the new complete file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .context("path has no file name")?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let result = (|| -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batches::Streams;
+
+    fn sample(step: u64) -> Checkpoint {
+        let config = RunConfig::parse("[model]\npreset = \"tiny\"\n").unwrap();
+        Checkpoint {
+            meta: CheckpointMeta {
+                config,
+                source: SourceState {
+                    step,
+                    streams: Streams::new(3),
+                    order: vec![2, 0, 1],
+                    cursor: 1,
+                },
+                sections: vec![],
+            },
+            sections: vec![("model".into(), vec![1, 2, 3]), ("ema".into(), vec![])],
+        }
+    }
+
+    #[test]
+    fn round_trips_and_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        for step in [10, 20, 30, 40] {
+            sample(step).save(dir.path(), 2).unwrap();
+        }
+        let files = list(dir.path()).unwrap();
+        assert_eq!(files.len(), 2);
+        let latest = Checkpoint::latest(dir.path()).unwrap();
+        let loaded = Checkpoint::load(&latest).unwrap();
+        assert_eq!(loaded.step(), 40);
+        assert_eq!(loaded.section("model").unwrap(), &[1, 2, 3]);
+        assert_eq!(loaded.meta.source, sample(40).meta.source);
+    }
+
+    #[test]
+    fn corruption_and_truncation_are_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(5).save(dir.path(), 1).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[30] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let msg = format!("{:#}", Checkpoint::load(&path).unwrap_err());
+        assert!(msg.contains("checksum") && msg.contains("ckpt-"), "{msg}");
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(Checkpoint::load(&path).is_err());
+        std::fs::write(&path, b"short").unwrap();
+        assert!(Checkpoint::load(&path).is_err());
+    }
+}

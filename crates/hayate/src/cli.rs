@@ -1,0 +1,221 @@
+//! Subcommands: parse, validate, then hand over to the library.
+
+use crate::backend::{BackendChoice, select};
+use crate::checkpoint::Checkpoint;
+use crate::config::RunConfig;
+use crate::sample::{generate, save_grid};
+use crate::train::{TrainOptions, load_ema, train};
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use hayate_schedule::Sampler;
+use hayate_schedule::ddim::Ddim;
+use hayate_schedule::ddpm::Ddpm;
+use std::path::PathBuf;
+
+/// hayate: train image diffusion models fast, on any GPU Burn's WGPU backend reaches.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model from a TOML config.
+    Train {
+        /// The experiment config (for example experiments/cifar10.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Where to run: auto picks WGPU on a hardware GPU, else the CPU backend.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+        /// A local CIFAR-10 folder (cifar-10-batches-bin); otherwise $HAYATE_CIFAR10_DIR or the
+        /// cache, downloading there if needed.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The run folder (default runs/<config name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Total training steps (overrides train.steps).
+        #[arg(long)]
+        steps: Option<u64>,
+        /// The seed of every random stream (overrides train.seed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Continue from the newest checkpoint in the run folder.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Write a grid of samples from a checkpoint's EMA weights.
+    Sample {
+        /// A checkpoint file, or a run folder (its newest checkpoint is used).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Number of images.
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        /// The reverse process.
+        #[arg(long, value_enum, default_value_t = SamplerChoice::Ddim)]
+        sampler: SamplerChoice,
+        /// DDIM steps (DDPM always takes all T steps).
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// DDIM eta (0: deterministic).
+        #[arg(long, default_value_t = 0.0)]
+        eta: f64,
+        /// Seed of the starting noise and the per-step noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The PNG to write.
+        #[arg(long, default_value = "grid.png")]
+        out: PathBuf,
+        /// Where to run.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+    },
+    /// Print a config's parameter count, FLOPs and resolved settings.
+    Info {
+        /// The experiment config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// `--sampler` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SamplerChoice {
+    /// DDPM ancestral sampling over all T steps.
+    Ddpm,
+    /// DDIM over `--steps` steps.
+    Ddim,
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train {
+            config,
+            backend,
+            data_dir,
+            out,
+            steps,
+            seed,
+            resume,
+        } => {
+            let mut run_config = RunConfig::load(&config)?;
+            if let Some(steps) = steps {
+                run_config.train.steps = steps;
+            }
+            if let Some(seed) = seed {
+                run_config.train.seed = seed;
+            }
+            run_config.validate()?;
+            let out = out.unwrap_or_else(|| {
+                let name = config
+                    .file_stem()
+                    .map_or("run".into(), |s| s.to_string_lossy());
+                PathBuf::from("runs").join(name.as_ref())
+            });
+            let (device, why) = select(backend)?;
+            eprintln!("device: {why}");
+            let report = train(
+                &TrainOptions {
+                    config: run_config,
+                    data_dir,
+                    out: out.clone(),
+                    resume,
+                },
+                &device,
+            )?;
+            println!(
+                "trained to step {} ({:.1} img/s); run folder {}",
+                report.step,
+                report.images_per_second,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Sample {
+            checkpoint,
+            n,
+            sampler,
+            steps,
+            eta,
+            seed,
+            out,
+            backend,
+        } => {
+            if n == 0 {
+                bail!("--n must be positive");
+            }
+            let path = Checkpoint::latest(&checkpoint)?;
+            let loaded = Checkpoint::load(&path)?;
+            let config = &loaded.meta.config;
+            let schedule = config.diffusion.schedule()?;
+            if steps == 0 || steps > schedule.steps() {
+                bail!("--steps must be in 1..={}", schedule.steps());
+            }
+            if !(0.0..=1.0).contains(&eta) {
+                bail!("--eta must be in [0, 1]");
+            }
+            let (device, why) = select(backend)?;
+            eprintln!(
+                "device: {why}; checkpoint {} (step {})",
+                path.display(),
+                loaded.step()
+            );
+            let (_, model) = load_ema(&loaded, &device)?;
+            let chosen: Box<dyn Sampler> = match sampler {
+                SamplerChoice::Ddim => Box::new(Ddim {
+                    steps,
+                    eta,
+                    clip_x0: true,
+                }),
+                SamplerChoice::Ddpm => Box::new(Ddpm {
+                    variance: config.sampling.ddpm_variance,
+                    clip_x0: true,
+                }),
+            };
+            let images = generate(
+                &model,
+                &device,
+                &schedule,
+                config.diffusion.prediction,
+                chosen.as_ref(),
+                n,
+                seed,
+            );
+            save_grid(&images, 32, &out)?;
+            println!("wrote {n} samples to {}", out.display());
+            Ok(())
+        }
+        Command::Info { config } => {
+            let run_config = RunConfig::load(&config)?;
+            let unet = run_config.model.resolve()?;
+            let params = crate::train::count_params(&unet);
+            let forward = unet.forward_flops();
+            let batch = run_config.train.batch_size as u64;
+            println!("config: {}", config.display());
+            println!("parameters: {params} ({:.2}M)", params as f64 / 1e6);
+            println!(
+                "forward FLOPs per image: {:.3} GFLOPs",
+                forward as f64 / 1e9
+            );
+            // Backward costs about twice the forward pass.
+            println!(
+                "training FLOPs per step (batch {batch}, forward + backward = 3x forward): {:.3} TFLOPs",
+                (3 * forward * batch) as f64 / 1e12
+            );
+            println!(
+                "whole run ({} steps): {:.3e} FLOPs",
+                run_config.train.steps,
+                (3 * forward * batch) as f64 * run_config.train.steps as f64
+            );
+            println!("\n# resolved config\n{}", run_config.to_toml());
+            Ok(())
+        }
+    }
+}

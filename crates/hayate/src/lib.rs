@@ -1,0 +1,14 @@
+//! hayate's trainer: the pieces the `hayate` binary wires together, as a library so tests and
+//! other programs can drive a run.
+
+pub mod backend;
+pub mod batches;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod ema;
+pub mod lr;
+pub mod metric;
+pub mod sample;
+pub mod step;
+pub mod train;

@@ -1,0 +1,595 @@
+//! The training run: wires data, schedule, model, optimiser, EMA and checkpoints into a
+//! burn-train `Learner`, with a learning strategy whose "epoch" is the interval between
+//! checkpoints.
+
+use crate::batches::{BatchSource, SourceState, StepLoader, Streams};
+use crate::checkpoint::{Checkpoint, CheckpointMeta, write_atomic};
+use crate::config::RunConfig;
+use crate::ema::Ema;
+use crate::lr::WarmupLr;
+use crate::metric::ImagesPerSecond;
+use crate::sample::{generate, save_grid};
+use crate::step::DenoisingModel;
+use anyhow::{Context, Result, bail};
+use burn::data::dataset::Dataset;
+use burn::optim::AdamConfig;
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
+use burn::train::checkpoint::{
+    Checkpoint as BurnCheckpoint, Checkpointer, CheckpointerError, CheckpointingAction,
+    CheckpointingStrategy,
+};
+use burn::train::metric::store::EventStoreClient;
+use burn::train::metric::{LearningRateMetric, LossMetric};
+use burn::train::{
+    EventProcessorTraining, Learner, LearnerEvent, SupervisedLearningStrategy, SupervisedTraining,
+    SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents, TrainingItem,
+    TrainingStrategy, ValidLoader,
+};
+use hayate_data::{Cifar10, Split, cifar10_dir};
+use hayate_model::{UNet, UNetConfig};
+use hayate_schedule::ddim::Ddim;
+use hayate_schedule::{NoiseSchedule, Uniform};
+use std::io::Write;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How to run one training job.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The resolved config (with `--steps` and `--seed` applied).
+    pub config: RunConfig,
+    /// `--data-dir`: overrides `data.dir`.
+    pub data_dir: Option<PathBuf>,
+    /// The run folder: config, checkpoints, samples, metrics.
+    pub out: PathBuf,
+    /// Continue from the newest checkpoint in `out`.
+    pub resume: bool,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    /// The global step reached.
+    pub step: u64,
+    /// Mean training loss over each checkpoint interval, in order.
+    pub interval_losses: Vec<f64>,
+    /// Training images per second over the run's steps (checkpointing and sampling excluded).
+    pub images_per_second: f64,
+    /// The newest checkpoint.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// The folder downloads are cached in: `$HAYATE_CACHE`, else `~/.cache/hayate`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HAYATE_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache").join("hayate")
+}
+
+/// Builds the network with weights drawn from `seed` on the CPU backend when it is built in, so
+/// every backend starts from the same numbers, then places it on `device`.
+pub fn init_unet(config: &UNetConfig, seed: u64, device: &Device) -> UNet {
+    #[cfg(feature = "cpu")]
+    {
+        let host = Device::flex();
+        host.seed(seed);
+        let record = config.init(&host).into_record();
+        config.init(device).load_record(record)
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        device.seed(seed);
+        config.init(device)
+    }
+}
+
+/// A record's bytes, as stored in hayate's checkpoint file.
+fn record_bytes<R: BurnCheckpoint>(record: R) -> Result<Vec<u8>> {
+    let bytes = record
+        .checkpoint_into_bytes()
+        .map_err(|e| anyhow::anyhow!("serialising a record: {e}"))?;
+    Ok(bytes.to_vec())
+}
+
+fn record_from<R: BurnCheckpoint>(bytes: &[u8], what: &str) -> Result<R> {
+    R::checkpoint_from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
+        .map_err(|e| anyhow::anyhow!("checkpoint's {what} record: {e}"))
+}
+
+/// Loads the EMA network of a checkpoint onto `device`.
+pub fn load_ema(checkpoint: &Checkpoint, device: &Device) -> Result<(UNetConfig, UNet)> {
+    let config = checkpoint.meta.config.model.resolve()?;
+    let record: ModuleRecord = record_from(checkpoint.section("ema")?, "EMA")?;
+    let model = config.init(device).load_record(record);
+    Ok((config, model))
+}
+
+/// Runs (or resumes) training on `device` and returns what it measured.
+pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
+    let config = &options.config;
+    let out = &options.out;
+    std::fs::create_dir_all(out.join("samples"))
+        .with_context(|| format!("cannot create run folder {}", out.display()))?;
+
+    let resume_from = if options.resume {
+        let path = Checkpoint::latest(out)?;
+        let checkpoint = Checkpoint::load(&path)?;
+        refuse_incompatible(&checkpoint.meta.config, config)?;
+        eprintln!(
+            "resuming from {} (step {})",
+            path.display(),
+            checkpoint.step()
+        );
+        Some(checkpoint)
+    } else {
+        if Checkpoint::latest(out).is_ok() {
+            bail!(
+                "{} already holds checkpoints: pass --resume to continue that run, or choose another --out",
+                out.display()
+            );
+        }
+        None
+    };
+    write_atomic(&out.join("config.toml"), config.to_toml().as_bytes())?;
+
+    let data_dir = cifar10_dir(
+        options.data_dir.as_deref().or(config.data.dir.as_deref()),
+        &cache_dir(),
+    )?;
+    let dataset = Cifar10::open(&data_dir, Split::Train)?;
+    eprintln!(
+        "CIFAR-10: {} training images from {}",
+        dataset.len(),
+        dataset
+            .files()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let unet_config = config.model.resolve()?;
+    let schedule = config.diffusion.schedule()?;
+    let train_device = device.clone().autodiff();
+    let unet = init_unet(&unet_config, config.train.seed, &train_device);
+    let model = DenoisingModel {
+        unet,
+        grad_clip: config.train.grad_clip,
+    };
+    let optimizer = AdamConfig::new()
+        .with_beta_1(config.train.beta1 as f32)
+        .with_beta_2(config.train.beta2 as f32)
+        .with_epsilon(config.train.adam_eps as f32)
+        .init();
+    let start_step = resume_from.as_ref().map_or(0, Checkpoint::step);
+    let scheduler = WarmupLr {
+        lr: config.train.lr,
+        warmup: config.train.warmup_steps,
+        step: start_step,
+    };
+    let mut learner = Learner::new(model, optimizer, scheduler);
+
+    let inner_device = device.clone();
+    let (state, ema) = match &resume_from {
+        Some(checkpoint) => {
+            learner.load_model(record_from(checkpoint.section("model")?, "model")?);
+            learner.load_optim(record_from(checkpoint.section("optimizer")?, "optimizer")?);
+            let (_, ema_model) = load_ema(checkpoint, &inner_device)?;
+            let ema = Ema {
+                model: ema_model,
+                decay: config.train.ema_decay,
+                warmup: config.train.ema_warmup,
+            };
+            (checkpoint.meta.source.clone(), ema)
+        }
+        None => (
+            SourceState {
+                step: 0,
+                streams: Streams::new(config.train.seed),
+                order: Vec::new(),
+                cursor: 0,
+            },
+            Ema::new(
+                &learner.model().unet,
+                config.train.ema_decay,
+                config.train.ema_warmup,
+            ),
+        ),
+    };
+
+    let source = Arc::new(Mutex::new(BatchSource {
+        dataset: Arc::new(dataset),
+        schedule: schedule.clone(),
+        prediction: config.diffusion.prediction,
+        sampler: Box::new(Uniform),
+        batch_size: config.train.batch_size,
+        total_steps: config.train.steps,
+        random_flip: config.data.random_flip,
+        state,
+    }));
+    let every = config.train.checkpoint_every;
+    let loader = StepLoader {
+        source: source.clone(),
+        steps: every as usize,
+        device: train_device.clone(),
+    };
+    let no_validation = StepLoader {
+        steps: 0,
+        ..loader.clone()
+    };
+
+    let model_slot = Slot::default();
+    let optim_slot = Slot::default();
+    let strategy = Arc::new(DiffusionStrategy {
+        run: Mutex::new(Some(RunState {
+            source,
+            ema,
+            schedule,
+            config: config.clone(),
+            out: out.clone(),
+            inner_device,
+            model_slot: model_slot.clone(),
+            optim_slot: optim_slot.clone(),
+            report: TrainReport {
+                step: start_step,
+                interval_losses: Vec::new(),
+                images_per_second: 0.0,
+                checkpoint: None,
+            },
+            error: None,
+        })),
+        result: Mutex::new(None),
+    });
+
+    let epochs = config.train.steps.div_ceil(every) as usize;
+    let result = SupervisedTraining::new(out, Arc::new(loader), Arc::new(no_validation))
+        .metric_train_numeric(LossMetric::new())
+        .metric_train_numeric(LearningRateMetric::new())
+        .metric_train_numeric(ImagesPerSecond::new())
+        .num_epochs(epochs)
+        .with_custom_checkpointers(
+            Capture::<ModuleRecord>::new(model_slot),
+            Capture::new(optim_slot),
+            Capture::new(Slot::default()),
+        )
+        .with_checkpointing_strategy(EveryEpoch)
+        .with_training_strategy(TrainingStrategy::Custom(strategy.clone()))
+        .launch(learner);
+    if let Some(error) = result.error {
+        bail!("training failed: {error}");
+    }
+    let run = strategy
+        .result
+        .lock()
+        .expect("strategy result lock")
+        .take()
+        .context("the training strategy did not run")?;
+    if let Some(error) = run.error {
+        return Err(error);
+    }
+    Ok(run.report)
+}
+
+/// Refuses to resume with a config that would change the run's model or process.
+fn refuse_incompatible(saved: &RunConfig, now: &RunConfig) -> Result<()> {
+    let mut differing = Vec::new();
+    if saved.model != now.model {
+        differing.push("model");
+    }
+    if saved.diffusion != now.diffusion {
+        differing.push("diffusion");
+    }
+    let (mut a, mut b) = (saved.train.clone(), now.train.clone());
+    // The total length may grow on resume; everything else must match.
+    a.steps = 0;
+    b.steps = 0;
+    if a != b {
+        differing.push("train (other than steps)");
+    }
+    if saved.data.random_flip != now.data.random_flip || saved.data.dataset != now.data.dataset {
+        differing.push("data");
+    }
+    if differing.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "the config differs from the checkpoint's in: {}; resume with the saved config ({})",
+            differing.join(", "),
+            "config.toml in the run folder"
+        )
+    }
+}
+
+/// Everything the strategy owns during the run.
+struct RunState {
+    source: Arc<Mutex<BatchSource>>,
+    ema: Ema,
+    schedule: NoiseSchedule,
+    config: RunConfig,
+    out: PathBuf,
+    inner_device: Device,
+    model_slot: Slot,
+    optim_slot: Slot,
+    report: TrainReport,
+    error: Option<anyhow::Error>,
+}
+
+/// The learning strategy: one "epoch" per checkpoint interval, EMA after every step, and a
+/// checkpoint, a sample grid and a metrics line at the end of each interval.
+struct DiffusionStrategy {
+    run: Mutex<Option<RunState>>,
+    result: Mutex<Option<RunState>>,
+}
+
+impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
+    fn fit(
+        &self,
+        components: TrainingComponents<DenoisingModel>,
+        mut learner: Learner<DenoisingModel>,
+        loader: TrainLoader<DenoisingModel>,
+        _validation: ValidLoader<DenoisingModel>,
+        _starting_epoch: usize,
+    ) -> (
+        DenoisingModel,
+        SupervisedTrainingEventProcessor<DenoisingModel>,
+    ) {
+        let mut run = self
+            .run
+            .lock()
+            .expect("run lock")
+            .take()
+            .expect("fit runs once");
+        let mut processor = components.event_processor;
+        let interrupter = components.interrupter;
+        let mut checkpointer = components.checkpointer;
+        let every = run.config.train.checkpoint_every;
+        let total = run.config.train.steps;
+        let mut train_time = Duration::ZERO;
+        let mut images = 0usize;
+        let first_step = run.report.step;
+
+        while run.report.step < total && !interrupter.should_stop() {
+            let epoch = (run.report.step / every) as usize + 1;
+            interrupter.fail_on_error(processor.process_train(LearnerEvent::StartSplit {
+                epoch_number: epoch,
+                total_items: loader.num_items(),
+            }));
+            let started = Instant::now();
+            let mut loss_sum: Option<Tensor<1>> = None;
+            let mut steps_in_interval = 0u64;
+            let mut iter = loader.iter();
+            while let Some(item) = iter.next() {
+                let batch = match item {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        interrupter.stop(Some(&format!("data error: {e}")));
+                        break;
+                    }
+                };
+                learner.lr_step();
+                let output = learner.train_step(batch);
+                learner.optimizer_step(output.grads);
+                let step = run.source.lock().expect("batch source lock").state.step;
+                run.ema.update(&learner.model().unet, step - 1);
+                let loss = output.item.loss.clone().without_autodiff();
+                loss_sum = Some(match loss_sum.take() {
+                    Some(sum) => sum + loss,
+                    None => loss,
+                });
+                images += output.item.images;
+                steps_in_interval += 1;
+                run.report.step = step;
+                let item = TrainingItem::new(
+                    output.item,
+                    iter.progress(),
+                    Some(step as usize),
+                    Some(learner.lr_current()),
+                );
+                interrupter
+                    .fail_on_error(processor.process_train(LearnerEvent::ProcessedItem(item)));
+                if interrupter.should_stop() {
+                    break;
+                }
+            }
+            train_time += started.elapsed();
+            interrupter.fail_on_error(processor.process_train(LearnerEvent::EndSplit(epoch)));
+            interrupter.fail_on_error(processor.process_train(LearnerEvent::EndEpoch(epoch)));
+            if steps_in_interval == 0 {
+                break;
+            }
+            let mean_loss = loss_sum
+                .map(|s| s.into_scalar::<f32>() as f64 / steps_in_interval as f64)
+                .unwrap_or(f64::NAN);
+            run.report.interval_losses.push(mean_loss);
+            run.report.images_per_second = images as f64 / train_time.as_secs_f64().max(1e-9);
+            let saved = checkpointer
+                .as_mut()
+                .context("the Learner was built without checkpointers")
+                .and_then(|c| {
+                    c.checkpoint(&learner, epoch, &components.event_store);
+                    end_of_interval(&mut run, &learner, epoch, mean_loss)
+                });
+            if let Err(e) = saved {
+                interrupter.stop(Some(&format!("{e:#}")));
+                run.error = Some(e);
+                break;
+            }
+        }
+        if run.report.step == first_step && run.error.is_none() && first_step < total {
+            run.error = Some(anyhow::anyhow!(
+                "no training step ran (interrupted: {:?})",
+                interrupter.get_message()
+            ));
+        }
+        *self.result.lock().expect("result lock") = Some(run);
+        (learner.model(), processor)
+    }
+}
+
+/// Writes the checkpoint, the EMA sample grid and the metrics line for the interval just done.
+fn end_of_interval(
+    run: &mut RunState,
+    learner: &Learner<DenoisingModel>,
+    epoch: usize,
+    mean_loss: f64,
+) -> Result<()> {
+    let step = run.report.step;
+    let model = run.model_slot.take(epoch)?;
+    let optimizer = run.optim_slot.take(epoch)?;
+    let source = run.source.lock().expect("batch source lock").state.clone();
+    let checkpoint = Checkpoint {
+        meta: CheckpointMeta {
+            config: run.config.clone(),
+            source,
+            sections: Vec::new(),
+        },
+        sections: vec![
+            ("model".into(), model),
+            (
+                "ema".into(),
+                record_bytes(run.ema.model.clone().into_record())?,
+            ),
+            ("optimizer".into(), optimizer),
+        ],
+    };
+    let path = checkpoint.save(&run.out, run.config.train.keep_checkpoints)?;
+    run.report.checkpoint = Some(path.clone());
+
+    let sampling = &run.config.sampling;
+    let sampler = Ddim {
+        steps: sampling.ddim_steps,
+        eta: sampling.eta,
+        clip_x0: true,
+    };
+    let images = generate(
+        &run.ema.model,
+        &run.inner_device,
+        &run.schedule,
+        run.config.diffusion.prediction,
+        &sampler,
+        sampling.grid_images,
+        run.config.train.seed,
+    );
+    let grid = run.out.join("samples").join(format!("step-{step:09}.png"));
+    save_grid(&images, 32, &grid)?;
+
+    let line = serde_json::json!({
+        "step": step,
+        "loss": mean_loss,
+        "lr": learner.lr_current().base(),
+        "ema_decay": run.ema.decay_at(step.saturating_sub(1)),
+        "images_per_second": run.report.images_per_second,
+        "checkpoint": path.file_name().map(|n| n.to_string_lossy().to_string()),
+        "grid": grid.strip_prefix(&run.out).unwrap_or(&grid).display().to_string(),
+    });
+    let metrics = run.out.join("metrics.jsonl");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics)
+        .with_context(|| format!("cannot open {}", metrics.display()))?;
+    writeln!(file, "{line}").with_context(|| format!("cannot write {}", metrics.display()))?;
+    eprintln!(
+        "step {step}: loss {mean_loss:.5}, checkpoint {}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Save on every "epoch" (checkpoint interval); hayate prunes old checkpoints itself.
+struct EveryEpoch;
+
+impl CheckpointingStrategy for EveryEpoch {
+    fn checkpointing(
+        &mut self,
+        _epoch: usize,
+        _store: &EventStoreClient,
+    ) -> Vec<CheckpointingAction> {
+        vec![CheckpointingAction::Save]
+    }
+}
+
+/// A hand-off point between Burn's checkpointer thread and the strategy.
+#[derive(Clone, Default)]
+struct Slot(Arc<(Mutex<Option<(usize, Vec<u8>)>>, Condvar)>);
+
+impl Slot {
+    fn put(&self, epoch: usize, bytes: Vec<u8>) {
+        let (lock, ready) = &*self.0;
+        *lock.lock().expect("slot lock") = Some((epoch, bytes));
+        ready.notify_all();
+    }
+
+    /// Waits (up to ten minutes) for the record of `epoch`.
+    fn take(&self, epoch: usize) -> Result<Vec<u8>> {
+        let (lock, ready) = &*self.0;
+        let guard = lock.lock().expect("slot lock");
+        let (mut guard, timeout) = ready
+            .wait_timeout_while(
+                guard,
+                Duration::from_secs(600),
+                |slot| !matches!(slot, Some((e, _)) if *e == epoch),
+            )
+            .expect("slot lock");
+        if timeout.timed_out() {
+            bail!("Burn's checkpointer did not deliver the record of interval {epoch}");
+        }
+        Ok(guard.take().expect("checked above").1)
+    }
+}
+
+/// Receives the Learner's records through Burn's checkpointer interface, so hayate can write
+/// them, with its own state, into one atomic checkpoint file.
+struct Capture<R> {
+    slot: Slot,
+    _record: PhantomData<fn() -> R>,
+}
+
+impl<R> Capture<R> {
+    fn new(slot: Slot) -> Self {
+        Self {
+            slot,
+            _record: PhantomData,
+        }
+    }
+}
+
+impl<R: BurnCheckpoint> Checkpointer<R> for Capture<R> {
+    fn save(&self, epoch: usize, record: R) -> Result<(), CheckpointerError> {
+        let bytes = record
+            .checkpoint_into_bytes()
+            .map_err(CheckpointerError::Record)?;
+        self.slot.put(epoch, bytes.to_vec());
+        Ok(())
+    }
+
+    fn delete(&self, _epoch: usize) -> Result<(), CheckpointerError> {
+        Ok(())
+    }
+
+    fn restore(&self, _epoch: usize) -> Result<R, CheckpointerError> {
+        Err(CheckpointerError::Unknown(
+            "hayate restores from its own checkpoint files (--resume)".into(),
+        ))
+    }
+}
+
+/// Reads a checkpoint's resolved config (for `hayate sample` and `info`).
+pub fn checkpoint_config(path: &Path) -> Result<RunConfig> {
+    Ok(Checkpoint::load(&Checkpoint::latest(path)?)?.meta.config)
+}
+
+/// Parameters of the network `config` describes (built on the CPU when available).
+pub fn count_params(config: &UNetConfig) -> usize {
+    #[cfg(feature = "cpu")]
+    let device = Device::flex();
+    #[cfg(not(feature = "cpu"))]
+    let device = Device::default();
+    config.init(&device).num_params()
+}
