@@ -124,7 +124,7 @@ impl UNetConfig {
         if self.base_channels == 0 || self.channel_mult.contains(&0) {
             return err("base_channels and every channel_mult must be positive".into());
         }
-        if self.base_channels % 2 != 0 {
+        if !self.base_channels.is_multiple_of(2) {
             return err(format!(
                 "base_channels ({}) must be even for the sinusoidal timestep embedding",
                 self.base_channels
@@ -141,7 +141,7 @@ impl UNetConfig {
         }
         for width in std::iter::once(1).chain(self.channel_mult.iter().copied()) {
             let c = self.base_channels * width;
-            if c % self.norm_groups != 0 {
+            if !c.is_multiple_of(self.norm_groups) {
                 return err(format!(
                     "width {c} is not a multiple of norm_groups ({})",
                     self.norm_groups
@@ -150,7 +150,7 @@ impl UNetConfig {
         }
         let levels = self.channel_mult.len() as u32;
         let divisor = 1usize << (levels - 1);
-        if self.resolution == 0 || self.resolution % divisor != 0 {
+        if self.resolution == 0 || !self.resolution.is_multiple_of(divisor) {
             return err(format!(
                 "resolution {} must be a positive multiple of {divisor} for {levels} levels",
                 self.resolution

@@ -159,8 +159,8 @@ impl HostBatch {
     }
 }
 
-/// Burn's view of the batch source: each pass over it is one "epoch" of `steps` steps, the
-/// interval between checkpoints.
+/// Burn's view of the batch source: each pass over it is one "epoch" of up to `steps` steps,
+/// ending at the next multiple of `steps`: the interval between checkpoints.
 #[derive(Clone)]
 pub struct StepLoader {
     /// The shared source; the training strategy reads its state for checkpoints.
@@ -184,7 +184,11 @@ impl Iterator for StepIter<'_> {
             return None;
         }
         let mut source = self.loader.source.lock().expect("batch source lock");
-        if source.state.step >= source.total_steps {
+        let step = source.state.step;
+        // A pass ends at the run's end or at a multiple of the interval, so a run resumed from an
+        // interrupted interval realigns with the checkpoint schedule.
+        let boundary = self.done > 0 && step.is_multiple_of(self.loader.steps as u64);
+        if step >= source.total_steps || boundary {
             return None;
         }
         self.done += 1;

@@ -76,6 +76,24 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
         backend: BackendChoice,
     },
+    /// Measure training throughput: warm-up steps, then timed steps, on real data.
+    Bench {
+        /// The experiment config whose model and process are measured.
+        #[arg(long)]
+        config: PathBuf,
+        /// Images per step (overrides train.batch_size).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Timed steps, run after as many untimed warm-up steps (kernel compilation, autotune).
+        #[arg(long, default_value_t = 10)]
+        steps: u64,
+        /// Where to run.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+        /// A local CIFAR-10 folder.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Print a config's parameter count, FLOPs and resolved settings.
     Info {
         /// The experiment config.
@@ -190,6 +208,58 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             save_grid(&images, 32, &out)?;
             println!("wrote {n} samples to {}", out.display());
+            Ok(())
+        }
+        Command::Bench {
+            config,
+            batch,
+            steps,
+            backend,
+            data_dir,
+        } => {
+            if steps == 0 {
+                bail!("--steps must be positive");
+            }
+            let mut run_config = RunConfig::load(&config)?;
+            if let Some(batch) = batch {
+                run_config.train.batch_size = batch;
+            }
+            run_config.train.steps = 2 * steps;
+            run_config.train.checkpoint_every = steps;
+            run_config.train.keep_checkpoints = 1;
+            // The end-of-interval grid is not what is measured; keep it minimal.
+            run_config.sampling.grid_images = 1;
+            run_config.sampling.ddim_steps = 1;
+            run_config.validate()?;
+            let (device, why) = select(backend)?;
+            let out = std::env::temp_dir().join(format!("hayate-bench-{}", std::process::id()));
+            let report = train(
+                &TrainOptions {
+                    config: run_config.clone(),
+                    data_dir,
+                    out: out.clone(),
+                    resume: false,
+                },
+                &device,
+            );
+            let _ = std::fs::remove_dir_all(&out);
+            let report = report?;
+            let unet = run_config.model.resolve()?;
+            let rate = report.interval_images_per_second[1];
+            let batch = run_config.train.batch_size;
+            let flops = 3.0 * unet.forward_flops() as f64 * rate;
+            println!("bench: {} on {why}", config.display());
+            println!(
+                "model {} ({} parameters), batch {batch}, {steps} warm-up + {steps} timed steps",
+                run_config.model.preset,
+                crate::train::count_params(&unet)
+            );
+            println!(
+                "warm-up: {:.2} img/s; timed: {rate:.2} img/s, {:.3} s/step, {:.2} GFLOP/s",
+                report.interval_images_per_second[0],
+                batch as f64 / rate,
+                flops / 1e9
+            );
             Ok(())
         }
         Command::Info { config } => {

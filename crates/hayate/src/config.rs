@@ -244,10 +244,10 @@ impl RunConfig {
                 bail!("{name} must be in [0, 1), got {beta}");
             }
         }
-        if !(t.adam_eps > 0.0) {
+        if t.adam_eps.is_nan() || t.adam_eps <= 0.0 {
             bail!("train.adam_eps must be positive, got {}", t.adam_eps);
         }
-        if !(t.grad_clip >= 0.0) {
+        if t.grad_clip.is_nan() || t.grad_clip < 0.0 {
             bail!(
                 "train.grad_clip must be 0 (off) or positive, got {}",
                 t.grad_clip
@@ -256,7 +256,7 @@ impl RunConfig {
         if !(0.0..1.0).contains(&t.ema_decay) {
             bail!("train.ema_decay must be in [0, 1), got {}", t.ema_decay);
         }
-        if !(t.ema_warmup >= 0.0) {
+        if t.ema_warmup.is_nan() || t.ema_warmup < 0.0 {
             bail!(
                 "train.ema_warmup must be 0 or positive, got {}",
                 t.ema_warmup

@@ -57,6 +57,9 @@ pub struct TrainReport {
     pub step: u64,
     /// Mean training loss over each checkpoint interval, in order.
     pub interval_losses: Vec<f64>,
+    /// Training images per second in each checkpoint interval (checkpointing and sampling
+    /// excluded), in order.
+    pub interval_images_per_second: Vec<f64>,
     /// Training images per second over the run's steps (checkpointing and sampling excluded).
     pub images_per_second: f64,
     /// The newest checkpoint.
@@ -239,6 +242,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
             report: TrainReport {
                 step: start_step,
                 interval_losses: Vec::new(),
+                interval_images_per_second: Vec::new(),
                 images_per_second: 0.0,
                 checkpoint: None,
             },
@@ -363,6 +367,7 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
             let started = Instant::now();
             let mut loss_sum: Option<Tensor<1>> = None;
             let mut steps_in_interval = 0u64;
+            let mut images_in_interval = 0usize;
             let mut iter = loader.iter();
             while let Some(item) = iter.next() {
                 let batch = match item {
@@ -382,7 +387,7 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                     Some(sum) => sum + loss,
                     None => loss,
                 });
-                images += output.item.images;
+                images_in_interval += output.item.images;
                 steps_in_interval += 1;
                 run.report.step = step;
                 let item = TrainingItem::new(
@@ -397,16 +402,22 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                     break;
                 }
             }
-            train_time += started.elapsed();
+            let mean_loss = loss_sum
+                .map(|s| s.into_scalar::<f32>() as f64 / steps_in_interval.max(1) as f64)
+                .unwrap_or(f64::NAN);
+            // Reading the loss waits for the device, so the time includes all the interval's work.
+            let elapsed = started.elapsed();
+            train_time += elapsed;
+            images += images_in_interval;
             interrupter.fail_on_error(processor.process_train(LearnerEvent::EndSplit(epoch)));
             interrupter.fail_on_error(processor.process_train(LearnerEvent::EndEpoch(epoch)));
             if steps_in_interval == 0 {
                 break;
             }
-            let mean_loss = loss_sum
-                .map(|s| s.into_scalar::<f32>() as f64 / steps_in_interval as f64)
-                .unwrap_or(f64::NAN);
             run.report.interval_losses.push(mean_loss);
+            run.report
+                .interval_images_per_second
+                .push(images_in_interval as f64 / elapsed.as_secs_f64().max(1e-9));
             run.report.images_per_second = images as f64 / train_time.as_secs_f64().max(1e-9);
             let saved = checkpointer
                 .as_mut()
@@ -517,7 +528,10 @@ impl CheckpointingStrategy for EveryEpoch {
 
 /// A hand-off point between Burn's checkpointer thread and the strategy.
 #[derive(Clone, Default)]
-struct Slot(Arc<(Mutex<Option<(usize, Vec<u8>)>>, Condvar)>);
+struct Slot(Arc<(Mutex<Option<Delivered>>, Condvar)>);
+
+/// A record's bytes and the interval ("epoch") it was taken at.
+type Delivered = (usize, Vec<u8>);
 
 impl Slot {
     fn put(&self, epoch: usize, bytes: Vec<u8>) {
