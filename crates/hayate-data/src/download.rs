@@ -69,17 +69,33 @@ pub fn extract_cifar10(archive: &Path, dest: &Path) -> Result<PathBuf, DataError
             kept,
         });
     }
-    // Extract into a temporary folder, then rename, so a half-extracted folder is never used.
+    unpack(archive, dest)
+}
+
+/// Extracts the batch folder of a CIFAR-10 archive into `dest/cifar-10-batches-bin`: into a
+/// temporary folder first, renamed into place when complete, so a half-extracted folder is never
+/// used.
+fn unpack(archive: &Path, dest: &Path) -> Result<PathBuf, DataError> {
     let staging = dest.join(format!("{ARCHIVE_FOLDER}.partial"));
     let _ = std::fs::remove_dir_all(&staging);
     let file = std::fs::File::open(archive).map_err(|e| DataError::io(archive, e))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
     tar.unpack(&staging)
         .map_err(|e| DataError::io(archive, e))?;
+    let extracted = staging.join(ARCHIVE_FOLDER);
+    if !extracted.is_dir() {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(DataError::io(
+            archive,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the archive has no {ARCHIVE_FOLDER}/ folder"),
+            ),
+        ));
+    }
     let target = dest.join(ARCHIVE_FOLDER);
     let _ = std::fs::remove_dir_all(&target);
-    std::fs::rename(staging.join(ARCHIVE_FOLDER), &target)
-        .map_err(|e| DataError::io(&target, e))?;
+    std::fs::rename(&extracted, &target).map_err(|e| DataError::io(&target, e))?;
     let _ = std::fs::remove_dir_all(&staging);
     Ok(target)
 }
@@ -120,6 +136,50 @@ mod tests {
         assert!(!archive.exists());
         assert!(dir.path().join("cifar-10-binary.tar.gz.bad").is_file());
         assert!(!dir.path().join(ARCHIVE_FOLDER).exists());
+    }
+
+    fn tar_gz(dir: &Path, entries: &[(&str, &[u8])]) -> PathBuf {
+        let path = dir.join("archive.tar.gz");
+        let file = std::fs::File::create(&path).unwrap();
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        let mut builder = tar::Builder::new(gz);
+        for (name, bytes) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, *bytes).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn unpacking_yields_a_readable_batch_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = [[3u8].as_slice(), &[7u8; crate::IMAGE_BYTES]].concat();
+        let archive = tar_gz(
+            dir.path(),
+            &[
+                ("cifar-10-batches-bin/test_batch.bin", &record),
+                ("cifar-10-batches-bin/readme.html", b"x"),
+            ],
+        );
+        let folder = unpack(&archive, dir.path()).unwrap();
+        assert_eq!(folder, dir.path().join(ARCHIVE_FOLDER));
+        let test = crate::Cifar10::open(&folder, crate::Split::Test).unwrap();
+        assert_eq!(test.image(0), (&[7u8; crate::IMAGE_BYTES][..], 3));
+        assert!(
+            !dir.path()
+                .join(format!("{ARCHIVE_FOLDER}.partial"))
+                .exists()
+        );
+        // An archive without the batch folder is an error, and leaves nothing behind.
+        let other = tempfile::tempdir().unwrap();
+        let wrong = tar_gz(other.path(), &[("something/else.bin", b"y")]);
+        let msg = unpack(&wrong, other.path()).unwrap_err().to_string();
+        assert!(msg.contains(ARCHIVE_FOLDER), "{msg}");
+        assert!(!other.path().join(ARCHIVE_FOLDER).exists());
     }
 
     #[test]

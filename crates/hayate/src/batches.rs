@@ -196,17 +196,27 @@ impl Iterator for StepIter<'_> {
     }
 }
 
+impl StepLoader {
+    /// Steps left in the pass that starts at the source's current step: up to the next multiple
+    /// of `steps`, or the run's end.
+    fn steps_in_pass(&self, source: &BatchSource) -> usize {
+        let every = self.steps as u64;
+        if every == 0 {
+            return 0;
+        }
+        let step = source.state.step;
+        let end = ((step / every + 1) * every).min(source.total_steps.max(step));
+        (end - step) as usize
+    }
+}
+
 impl DataLoaderIterator<DenoisingBatch> for StepIter<'_> {
     fn progress(&self) -> Progress {
-        let batch = self
-            .loader
-            .source
-            .lock()
-            .expect("batch source lock")
-            .batch_size;
+        let source = self.loader.source.lock().expect("batch source lock");
+        let batch = source.batch_size;
         Progress {
             items_processed: self.done * batch,
-            items_total: self.loader.steps * batch,
+            items_total: (self.done + self.loader.steps_in_pass(&source)) * batch,
             unit: Some("images".into()),
         }
     }
@@ -221,7 +231,8 @@ impl DataLoader<DenoisingBatch> for StepLoader {
     }
 
     fn num_items(&self) -> usize {
-        self.steps * self.source.lock().expect("batch source lock").batch_size
+        let source = self.source.lock().expect("batch source lock");
+        self.steps_in_pass(&source) * source.batch_size
     }
 
     fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<DenoisingBatch>> {

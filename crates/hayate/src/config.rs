@@ -136,6 +136,9 @@ pub struct TrainConfig {
     pub ema_warmup: f64,
     /// Steps between checkpoints (each also writes a sample grid and a metrics line).
     pub checkpoint_every: u64,
+    /// Steps between progress lines when the output is not a terminal (a terminal gets Burn's
+    /// live display).
+    pub log_every: u64,
     /// Checkpoints kept; older ones are deleted.
     pub keep_checkpoints: usize,
     /// The seed every random stream derives from (overridden by `--seed`).
@@ -156,6 +159,7 @@ impl Default for TrainConfig {
             ema_decay: 0.9999,
             ema_warmup: 10.0,
             checkpoint_every: 5000,
+            log_every: 100,
             keep_checkpoints: 3,
             seed: 0,
         }
@@ -264,6 +268,9 @@ impl RunConfig {
         }
         if t.checkpoint_every == 0 {
             bail!("train.checkpoint_every must be positive");
+        }
+        if t.log_every == 0 {
+            bail!("train.log_every must be positive");
         }
         if t.keep_checkpoints == 0 {
             bail!("train.keep_checkpoints must be at least 1");

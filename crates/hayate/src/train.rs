@@ -31,7 +31,7 @@ use hayate_data::{Cifar10, Split, cifar10_dir};
 use hayate_model::{UNet, UNetConfig};
 use hayate_schedule::ddim::Ddim;
 use hayate_schedule::{NoiseSchedule, Uniform};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -252,7 +252,12 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
     });
 
     let epochs = config.train.steps.div_ceil(every) as usize;
-    let result = SupervisedTraining::new(out, Arc::new(loader), Arc::new(no_validation))
+    let training = SupervisedTraining::new(out, Arc::new(loader), Arc::new(no_validation));
+    let training = match crate::progress::renderer(config.train.log_every as usize) {
+        Some(lines) => training.renderer(lines),
+        None => training,
+    };
+    let result = training
         .metric_train_numeric(LossMetric::new())
         .metric_train_numeric(LearningRateMetric::new())
         .metric_train_numeric(ImagesPerSecond::new())
@@ -506,10 +511,13 @@ fn end_of_interval(
         .open(&metrics)
         .with_context(|| format!("cannot open {}", metrics.display()))?;
     writeln!(file, "{line}").with_context(|| format!("cannot write {}", metrics.display()))?;
-    eprintln!(
-        "step {step}: loss {mean_loss:.5}, checkpoint {}",
-        path.display()
-    );
+    // In a terminal Burn's live display owns the screen; elsewhere this line goes to the log.
+    if !std::io::stdout().is_terminal() {
+        eprintln!(
+            "step {step}: loss {mean_loss:.5}, checkpoint {}",
+            path.display()
+        );
+    }
     Ok(())
 }
 

@@ -1,0 +1,131 @@
+//! Progress as plain lines, for runs whose output is not a terminal (logs, batch jobs). In a
+//! terminal, Burn's own terminal UI is used instead.
+
+use burn::train::logger::{EvaluationProgressLogger, TrainingProgressLogger};
+use burn::train::metric::{MetricDefinition, MetricId};
+use burn::train::renderer::{
+    EvaluationName, MetricState, MetricsRenderer, MetricsRendererEvaluation,
+    MetricsRendererTraining,
+};
+use std::io::IsTerminal;
+use std::time::Instant;
+
+/// Burn's renderer for this output: the terminal UI on a terminal, else [`LineRenderer`].
+pub fn renderer(every: usize) -> Option<Box<dyn MetricsRenderer>> {
+    (!std::io::stdout().is_terminal()).then(|| Box::new(LineRenderer::new(every)) as _)
+}
+
+/// Prints one line every `every` steps with the newest value of each training metric.
+pub struct LineRenderer {
+    every: usize,
+    names: Vec<(MetricId, String)>,
+    metrics: Vec<(MetricId, String)>,
+    interval: usize,
+    intervals: usize,
+    steps: usize,
+    started: Instant,
+}
+
+impl LineRenderer {
+    /// A renderer that prints every `every` steps (at least 1).
+    pub fn new(every: usize) -> Self {
+        Self {
+            every: every.max(1),
+            names: Vec::new(),
+            metrics: Vec::new(),
+            interval: 0,
+            intervals: 0,
+            steps: 0,
+            started: Instant::now(),
+        }
+    }
+
+    fn line(&self) -> String {
+        let values: Vec<&str> = self.metrics.iter().map(|(_, v)| v.as_str()).collect();
+        format!(
+            "[{:>7.1}s] interval {}/{} | {}",
+            self.started.elapsed().as_secs_f64(),
+            self.interval,
+            self.intervals,
+            values.join(" | ")
+        )
+    }
+}
+
+impl MetricsRendererTraining for LineRenderer {
+    fn update_train(&mut self, state: MetricState) {
+        let entry = match state {
+            MetricState::Generic(entry) | MetricState::Numeric(entry, _) => entry,
+        };
+        let name = self
+            .names
+            .iter()
+            .find(|(id, _)| *id == entry.metric_id)
+            .map_or("?", |(_, n)| n.as_str());
+        let text = format!("{name}: {}", entry.serialized_entry.formatted);
+        match self
+            .metrics
+            .iter_mut()
+            .find(|(id, _)| *id == entry.metric_id)
+        {
+            Some((_, value)) => *value = text,
+            None => self.metrics.push((entry.metric_id, text)),
+        }
+    }
+
+    fn update_valid(&mut self, _state: MetricState) {}
+}
+
+impl TrainingProgressLogger for LineRenderer {
+    fn start(
+        &mut self,
+        total_epochs: usize,
+        starting_epoch: usize,
+        _: Option<usize>,
+        _: Option<&str>,
+    ) {
+        self.intervals = total_epochs;
+        self.interval = starting_epoch;
+    }
+
+    fn update_epoch(&mut self, epoch: usize) {
+        self.interval = epoch + 1;
+    }
+
+    fn start_split(&mut self, _split: &str, _total_items: usize) {}
+
+    fn update_split(&mut self, _items_processed: usize) {
+        self.steps += 1;
+        if self.steps.is_multiple_of(self.every) {
+            println!("{}", self.line());
+        }
+    }
+
+    fn end_split(&mut self) {}
+
+    fn end(&mut self) {}
+
+    fn log_event_training(&mut self, _event: String) {}
+}
+
+impl EvaluationProgressLogger for LineRenderer {
+    fn start_global_progress(&mut self, _total_tests: usize) {}
+    fn start_test(&mut self, _name: &str, _total_items: usize) {}
+    fn update_test_progress(&mut self, _items_processed: usize) {}
+    fn end_test(&mut self) {}
+    fn end_global_progress(&mut self) {}
+    fn log_event_evaluation(&mut self, _event: String) {}
+}
+
+impl MetricsRendererEvaluation for LineRenderer {
+    fn update_test(&mut self, _name: EvaluationName, _state: MetricState) {}
+}
+
+impl MetricsRenderer for LineRenderer {
+    fn manual_close(&mut self) {}
+
+    fn register_metric(&mut self, definition: MetricDefinition) {
+        self.names
+            .push((definition.metric_id, definition.name.to_string()));
+    }
+}
