@@ -289,3 +289,51 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_runs_on_every_experiment() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let config = entry.unwrap().path();
+            if config.extension().is_some_and(|e| e == "toml") {
+                run(Cli {
+                    command: Command::Info { config },
+                })
+                .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn command_line_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "hayate",
+            "train",
+            "--config",
+            "x.toml",
+            "--backend",
+            "cpu",
+            "--steps",
+            "5",
+            "--seed",
+            "2",
+            "--resume",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Train {
+                backend: BackendChoice::Cpu,
+                steps: Some(5),
+                seed: Some(2),
+                resume: true,
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["hayate", "sample", "--sampler", "euler"]).is_err());
+    }
+}
