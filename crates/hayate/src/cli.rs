@@ -185,7 +185,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 path.display(),
                 loaded.step()
             );
-            let (_, model) = load_ema(&loaded, &device)?;
+            let model = load_ema(&loaded, &device)?;
             let chosen: Box<dyn Sampler> = match sampler {
                 SamplerChoice::Ddim => Box::new(Ddim {
                     steps,

@@ -106,11 +106,10 @@ fn record_from<R: BurnCheckpoint>(bytes: &[u8], what: &str) -> Result<R> {
 }
 
 /// Loads the EMA network of a checkpoint onto `device`.
-pub fn load_ema(checkpoint: &Checkpoint, device: &Device) -> Result<(UNetConfig, UNet)> {
+pub fn load_ema(checkpoint: &Checkpoint, device: &Device) -> Result<UNet> {
     let config = checkpoint.meta.config.model.resolve()?;
     let record: ModuleRecord = record_from(checkpoint.section("ema")?, "EMA")?;
-    let model = config.init(device).load_record(record);
-    Ok((config, model))
+    Ok(config.init(device).load_record(record))
 }
 
 /// Runs (or resumes) training on `device` and returns what it measured.
@@ -183,9 +182,8 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
         Some(checkpoint) => {
             learner.load_model(record_from(checkpoint.section("model")?, "model")?);
             learner.load_optim(record_from(checkpoint.section("optimizer")?, "optimizer")?);
-            let (_, ema_model) = load_ema(checkpoint, &inner_device)?;
             let ema = Ema {
-                model: ema_model,
+                model: load_ema(checkpoint, &inner_device)?,
                 decay: config.train.ema_decay,
                 warmup: config.train.ema_warmup,
             };
@@ -294,12 +292,16 @@ fn refuse_incompatible(saved: &RunConfig, now: &RunConfig) -> Result<()> {
     if saved.diffusion != now.diffusion {
         differing.push("diffusion");
     }
-    let (mut a, mut b) = (saved.train.clone(), now.train.clone());
-    // The total length may grow on resume; everything else must match.
-    a.steps = 0;
-    b.steps = 0;
-    if a != b {
-        differing.push("train (other than steps)");
+    // The run's length and its logging and retention may change on resume; nothing that
+    // changes the numbers may.
+    let comparable = |t: &crate::config::TrainConfig| crate::config::TrainConfig {
+        steps: 0,
+        log_every: 1,
+        keep_checkpoints: 1,
+        ..t.clone()
+    };
+    if comparable(&saved.train) != comparable(&now.train) {
+        differing.push("train (other than steps, log_every, keep_checkpoints)");
     }
     if saved.data.random_flip != now.data.random_flip || saved.data.dataset != now.data.dataset {
         differing.push("data");
@@ -308,9 +310,9 @@ fn refuse_incompatible(saved: &RunConfig, now: &RunConfig) -> Result<()> {
         Ok(())
     } else {
         bail!(
-            "the config differs from the checkpoint's in: {}; resume with the saved config ({})",
-            differing.join(", "),
-            "config.toml in the run folder"
+            "the config differs from the checkpoint's in: {}; resume with the run folder's \
+             config.toml",
+            differing.join(", ")
         )
     }
 }
