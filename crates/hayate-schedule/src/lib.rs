@@ -13,11 +13,13 @@ mod noise;
 mod prediction;
 mod rng;
 mod sampler;
-mod timestep;
+pub mod timesteps;
+mod weights;
 
 pub use denoiser::Denoiser;
 pub use noise::{BetaSchedule, NoiseSchedule, ScheduleError};
 pub use prediction::Prediction;
 pub use rng::{HostRng, fill_standard_normal, standard_normal};
 pub use sampler::Sampler;
-pub use timestep::{TimestepSampler, Uniform};
+pub use timesteps::{TimestepSampler, TimestepSamplerConfig};
+pub use weights::LossWeight;

@@ -1,12 +1,16 @@
 //! Host-side batch preparation: data order, flips, timesteps and noise, each from its own seeded
 //! stream, so every backend sees the same inputs and a resumed run continues the same sequence.
 
+use crate::config::RunConfig;
 use crate::step::DenoisingBatch;
+use anyhow::Result;
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::{Dataset, DatasetError};
 use burn::prelude::*;
 use hayate_data::{Cifar10, image_to_unit_range};
-use hayate_schedule::{HostRng, NoiseSchedule, Prediction, TimestepSampler, fill_standard_normal};
+use hayate_schedule::{
+    HostRng, LossWeight, NoiseSchedule, Prediction, TimestepSampler, fill_standard_normal,
+};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -64,6 +68,8 @@ pub struct BatchSource {
     pub prediction: Prediction,
     /// How t is drawn.
     pub sampler: Box<dyn TimestepSampler>,
+    /// How each sample's error is weighted.
+    pub loss_weight: LossWeight,
     /// Images per batch.
     pub batch_size: usize,
     /// Total steps of the run (the curriculum samplers read it).
@@ -72,6 +78,8 @@ pub struct BatchSource {
     pub random_flip: bool,
     /// The sequence position.
     pub state: SourceState,
+    /// Sum of t / T and count of the timesteps drawn since the last [`take_mean_t`](Self::take_mean_t).
+    drawn_t: (f64, usize),
 }
 
 /// A batch on the host, before it is moved to a device.
@@ -83,11 +91,32 @@ pub struct HostBatch {
     pub t: Vec<usize>,
     /// Regression targets, flattened like `x_t`.
     pub target: Vec<f32>,
+    /// Loss weight of each sample.
+    pub weight: Vec<f32>,
     /// A seed for the device's dropout masks in this step.
     pub dropout_seed: u64,
 }
 
 impl BatchSource {
+    /// The batch source of a run: schedule, timestep sampler and loss weight from `config`,
+    /// continuing from `state`.
+    pub fn new(dataset: Arc<Cifar10>, config: &RunConfig, state: SourceState) -> Result<Self> {
+        let schedule = config.diffusion.schedule()?;
+        let sampler = config.diffusion.timestep_sampler.build(&schedule)?;
+        Ok(Self {
+            dataset,
+            schedule,
+            prediction: config.diffusion.prediction,
+            sampler,
+            loss_weight: config.diffusion.loss_weight,
+            batch_size: config.train.batch_size,
+            total_steps: config.train.steps,
+            random_flip: config.data.random_flip,
+            state,
+            drawn_t: (0.0, 0),
+        })
+    }
+
     /// Draws the next batch and advances the step.
     pub fn next_batch(&mut self) -> HostBatch {
         let n = self.batch_size;
@@ -104,13 +133,16 @@ impl BatchSource {
             let flip = self.random_flip && state.streams.data.random::<bool>();
             image_to_unit_range(self.dataset.image(index).0, 32, flip, dst);
         }
-        let t = self.sampler.sample(
-            self.schedule.steps(),
-            state.step,
-            self.total_steps,
-            n,
-            &mut state.streams.timestep,
-        );
+        let t = self
+            .sampler
+            .sample(state.step, self.total_steps, n, &mut state.streams.timestep);
+        let steps = self.schedule.steps() as f64;
+        self.drawn_t.0 += t.iter().map(|&t| t as f64 / steps).sum::<f64>();
+        self.drawn_t.1 += n;
+        let weight = t
+            .iter()
+            .map(|&t| self.loss_weight.weight(&self.schedule, t, self.prediction) as f32)
+            .collect();
         let mut eps = vec![0f32; n * per];
         fill_standard_normal(&mut state.streams.noise, &mut eps);
         let mut x_t = vec![0f32; n * per];
@@ -130,8 +162,15 @@ impl BatchSource {
             x_t,
             t,
             target,
+            weight,
             dropout_seed,
         }
+    }
+
+    /// Mean t / T of the timesteps drawn since the last call (NaN if none), then resets.
+    pub fn take_mean_t(&mut self) -> f64 {
+        let (sum, count) = std::mem::take(&mut self.drawn_t);
+        sum / count as f64
     }
 }
 
@@ -155,6 +194,7 @@ impl HostBatch {
             x_t: Tensor::from_data(TensorData::new(self.x_t.clone(), shape), device),
             t: Tensor::from_data(TensorData::new(t, [n]), device),
             target: Tensor::from_data(TensorData::new(self.target.clone(), shape), device),
+            weight: Tensor::from_data(TensorData::new(self.weight.clone(), [n]), device),
         }
     }
 }

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use hayate_model::UNetConfig;
 use hayate_schedule::ddpm::PosteriorVariance;
-use hayate_schedule::{BetaSchedule, NoiseSchedule, Prediction};
+use hayate_schedule::{BetaSchedule, LossWeight, NoiseSchedule, Prediction, TimestepSamplerConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -90,6 +90,10 @@ pub struct DiffusionConfig {
     pub beta_schedule: BetaSchedule,
     /// The network's target.
     pub prediction: Prediction,
+    /// How training draws t (uniform, CLTS, logit-normal, log-normal, SpeeD).
+    pub timestep_sampler: TimestepSamplerConfig,
+    /// How each sample's error is weighted by its timestep (uniform, Min-SNR, P2).
+    pub loss_weight: LossWeight,
 }
 
 impl Default for DiffusionConfig {
@@ -98,6 +102,8 @@ impl Default for DiffusionConfig {
             timesteps: 1000,
             beta_schedule: BetaSchedule::default(),
             prediction: Prediction::Eps,
+            timestep_sampler: TimestepSamplerConfig::Uniform,
+            loss_weight: LossWeight::Uniform,
         }
     }
 }
@@ -106,6 +112,16 @@ impl DiffusionConfig {
     /// The noise schedule this section describes.
     pub fn schedule(&self) -> Result<NoiseSchedule> {
         NoiseSchedule::new(self.beta_schedule, self.timesteps).context("diffusion")
+    }
+
+    /// Checks the schedule, the timestep sampler and the loss weight.
+    pub fn validate(&self) -> Result<()> {
+        let schedule = self.schedule()?;
+        self.timestep_sampler
+            .build(&schedule)
+            .context("diffusion")?;
+        self.loss_weight.validate().context("diffusion")?;
+        Ok(())
     }
 }
 
@@ -232,7 +248,7 @@ impl RunConfig {
     /// Checks every field that could make a run fail later or silently do the wrong thing.
     pub fn validate(&self) -> Result<()> {
         self.model.resolve()?;
-        self.diffusion.schedule()?;
+        self.diffusion.validate()?;
         let t = &self.train;
         if t.steps == 0 {
             bail!("train.steps must be positive");

@@ -25,6 +25,8 @@ pub struct DenoisingBatch {
     pub t: Tensor<1>,
     /// The regression target (eps, v or x_0), `[N, C, H, W]`.
     pub target: Tensor<4>,
+    /// Each sample's loss weight, `[N]`.
+    pub weight: Tensor<1>,
 }
 
 /// What a step reports to the metrics.
@@ -36,10 +38,17 @@ pub struct DenoisingOutput {
 }
 
 impl DenoisingModel {
-    /// Mean squared error between the network's output and the target.
+    /// Each sample's squared error, averaged over its pixels, times its weight; averaged over
+    /// the batch.
     pub fn loss(&self, batch: &DenoisingBatch) -> Tensor<1> {
         let out = self.unet.forward(batch.x_t.clone(), batch.t.clone());
-        (out - batch.target.clone()).powi_scalar(2).mean()
+        let [n, c, h, w] = out.dims();
+        let per_sample = (out - batch.target.clone())
+            .powi_scalar(2)
+            .reshape([n, c * h * w])
+            .mean_dim(1)
+            .reshape([n]);
+        (per_sample * batch.weight.clone()).mean()
     }
 }
 

@@ -29,8 +29,8 @@ use burn::train::{
 };
 use hayate_data::{Cifar10, Split, cifar10_dir};
 use hayate_model::{UNet, UNetConfig};
+use hayate_schedule::NoiseSchedule;
 use hayate_schedule::ddim::Ddim;
-use hayate_schedule::{NoiseSchedule, Uniform};
 use std::io::{IsTerminal, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -78,6 +78,10 @@ pub fn cache_dir() -> PathBuf {
 /// Builds the network with weights drawn from `seed` on the CPU backend when it is built in, so
 /// every backend starts from the same numbers, then places it on `device`.
 pub fn init_unet(config: &UNetConfig, seed: u64, device: &Device) -> UNet {
+    // Backends may keep one generator per process: hold it from seeding to the last draw, so two
+    // runs in one process (tests, sweeps) cannot interleave their draws.
+    static BACKEND_RNG: Mutex<()> = Mutex::new(());
+    let _guard = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     #[cfg(feature = "cpu")]
     {
         let host = Device::flex();
@@ -204,16 +208,11 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
         ),
     };
 
-    let source = Arc::new(Mutex::new(BatchSource {
-        dataset: Arc::new(dataset),
-        schedule: schedule.clone(),
-        prediction: config.diffusion.prediction,
-        sampler: Box::new(Uniform),
-        batch_size: config.train.batch_size,
-        total_steps: config.train.steps,
-        random_flip: config.data.random_flip,
+    let source = Arc::new(Mutex::new(BatchSource::new(
+        Arc::new(dataset),
+        config,
         state,
-    }));
+    )?));
     let every = config.train.checkpoint_every;
     let loader = StepLoader {
         source: source.clone(),
@@ -497,9 +496,11 @@ fn end_of_interval(
     let grid = run.out.join("samples").join(format!("step-{step:09}.png"));
     save_grid(&images, 32, &grid)?;
 
+    let mean_t = run.source.lock().expect("batch source lock").take_mean_t();
     let line = serde_json::json!({
         "step": step,
         "loss": mean_loss,
+        "mean_t_over_T": mean_t,
         "lr": learner.lr_current().base(),
         "ema_decay": run.ema.decay_at(step.saturating_sub(1)),
         "images_per_second": run.report.images_per_second,

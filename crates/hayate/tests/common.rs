@@ -2,6 +2,16 @@
 
 use hayate::config::RunConfig;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+/// Serialises the training runs of one test binary. Bit-exact comparisons need one run at a
+/// time per process: concurrent runs interleave the backend's global generator and change the
+/// CPU backend's memory layout, which can change float rounding.
+#[allow(dead_code)] // not every test file trains more than once
+pub fn one_run_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The real CIFAR-10 subset in `../shared/datasets/cifar10` (or `$HAYATE_CIFAR10_DIR`), or `None`
 /// with a printed reason.
@@ -23,11 +33,20 @@ pub fn shared_cifar10() -> Option<PathBuf> {
 }
 
 /// The tiny model with a small batch, `steps` steps and a checkpoint every `every`.
+#[allow(dead_code)] // not every test file uses both helpers
 pub fn tiny_config(steps: u64, every: u64) -> RunConfig {
+    tiny_config_with(steps, every, "")
+}
+
+/// [`tiny_config`] with extra lines in its `[diffusion]` table.
+pub fn tiny_config_with(steps: u64, every: u64, diffusion: &str) -> RunConfig {
     RunConfig::parse(&format!(
         r#"
 [model]
 preset = "tiny"
+
+[diffusion]
+{diffusion}
 
 [train]
 steps = {steps}

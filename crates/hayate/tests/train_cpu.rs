@@ -57,6 +57,7 @@ fn trains_checkpoints_and_resumes_exactly() {
     let Some(data) = common::shared_cifar10() else {
         return;
     };
+    let _serial = common::one_run_at_a_time();
     let device = Device::flex();
     let dir = tempfile::tempdir().unwrap();
 
@@ -182,4 +183,45 @@ fn a_missing_data_folder_is_a_clear_error() {
         msg.contains("no-such-cifar") && msg.contains("data_batch_1.bin"),
         "{msg}"
     );
+}
+
+/// Resume passes the true global step to the timestep sampler: with the CLTS curriculum and
+/// Min-SNR weights, a run stopped at step 8 and resumed to 16 matches one trained straight
+/// through, and the logged mean t/T falls as the curriculum moves mass to t = 0.3 T.
+#[test]
+fn curriculum_runs_resume_exactly_and_log_the_drawn_t() {
+    let Some(data) = common::shared_cifar10() else {
+        return;
+    };
+    let _serial = common::one_run_at_a_time();
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let diffusion = r#"
+timestep_sampler = { kind = "clts", mu = 0.3, sigma = 0.05, lambda_max = 1.0, ramp_steps = 8 }
+loss_weight = { kind = "min_snr", gamma = 5.0 }
+"#;
+    let config = |steps| common::tiny_config_with(steps, 8, diffusion);
+    let straight = dir.path().join("straight");
+    train(&options(config(24), &straight, &data, false), &device).unwrap();
+    let resumed = dir.path().join("resumed");
+    train(&options(config(8), &resumed, &data, false), &device).unwrap();
+    train(&options(config(24), &resumed, &data, true), &device).unwrap();
+    let a = Checkpoint::load(&Checkpoint::latest(&straight).unwrap()).unwrap();
+    let b = Checkpoint::load(&Checkpoint::latest(&resumed).unwrap()).unwrap();
+    assert!(parameters(&a, "model") == parameters(&b, "model"));
+
+    let mean_t: Vec<f64> = std::fs::read_to_string(straight.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["mean_t_over_T"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    // Interval 1 ramps lambda from 0 to 1 (mean t/T near 0.4); afterwards all draws fall in the
+    // band around 0.3.
+    assert_eq!(mean_t.len(), 3);
+    assert!(mean_t[2] < mean_t[0], "{mean_t:?}");
+    assert!((mean_t[2] - 0.3).abs() < 0.05, "{mean_t:?}");
 }
