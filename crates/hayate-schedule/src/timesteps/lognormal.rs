@@ -1,7 +1,7 @@
 //! Samplers that concentrate t with a bell curve on a transformed axis: logit-normal over t/T
 //! (SD3) and log-normal over the noise level sigma_t (EDM).
 
-use super::{TimestepSampler, normalise};
+use super::{Tabulated, normalise};
 use crate::NoiseSchedule;
 
 /// The standard normal CDF, by the Abramowitz & Stegun 7.1.26 erf approximation (absolute
@@ -53,69 +53,31 @@ fn binned_normal(values: &[f64], mean: f64, std: f64) -> Vec<f64> {
     normalise(p)
 }
 
-/// Logit-normal over t/T: t/T = sigmoid(n), n ~ N(mean, std^2), binned over the T steps.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogitNormal {
-    p: Vec<f64>,
-}
-
-impl LogitNormal {
-    /// The sampler over `steps` timesteps.
-    pub fn new(steps: usize, mean: f64, std: f64) -> Self {
-        let logits: Vec<f64> = (0..steps)
-            .map(|t| {
-                let u = (t as f64 + 0.5) / steps as f64;
-                (u / (1.0 - u)).ln()
-            })
-            .collect();
-        Self {
-            p: binned_normal(&logits, mean, std),
-        }
-    }
-}
-
-impl TimestepSampler for LogitNormal {
-    fn steps(&self) -> usize {
-        self.p.len()
-    }
-
-    fn probabilities(&self, _step: u64, _total_steps: u64) -> Vec<f64> {
-        self.p.clone()
-    }
+/// Logit-normal over t/T: t/T = sigmoid(n), n ~ N(mean, std^2), binned over the `steps`
+/// timesteps.
+pub fn logit_normal(steps: usize, mean: f64, std: f64) -> Tabulated {
+    let logits: Vec<f64> = (0..steps)
+        .map(|t| {
+            let u = (t as f64 + 0.5) / steps as f64;
+            (u / (1.0 - u)).ln()
+        })
+        .collect();
+    Tabulated(binned_normal(&logits, mean, std))
 }
 
 /// EDM's log-normal noise-level distribution mapped onto the discrete schedule: t's probability
 /// is the mass of ln sigma ~ N(p_mean, p_std^2) that falls nearest to ln sigma_t.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogNormal {
-    p: Vec<f64>,
-}
-
-impl LogNormal {
-    /// The sampler for `schedule`.
-    pub fn new(schedule: &NoiseSchedule, p_mean: f64, p_std: f64) -> Self {
-        let log_sigma: Vec<f64> = (0..schedule.steps())
-            .map(|t| -0.5 * schedule.snr(t).ln())
-            .collect();
-        Self {
-            p: binned_normal(&log_sigma, p_mean, p_std),
-        }
-    }
-}
-
-impl TimestepSampler for LogNormal {
-    fn steps(&self) -> usize {
-        self.p.len()
-    }
-
-    fn probabilities(&self, _step: u64, _total_steps: u64) -> Vec<f64> {
-        self.p.clone()
-    }
+pub fn log_normal(schedule: &NoiseSchedule, p_mean: f64, p_std: f64) -> Tabulated {
+    let log_sigma: Vec<f64> = (0..schedule.steps())
+        .map(|t| -0.5 * schedule.snr(t).ln())
+        .collect();
+    Tabulated(binned_normal(&log_sigma, p_mean, p_std))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timesteps::TimestepSampler;
     use crate::timesteps::tests::check_histogram;
 
     #[test]
@@ -127,7 +89,7 @@ mod tests {
 
     #[test]
     fn logit_normal_is_symmetric_about_the_middle_and_draws_follow_it() {
-        let s = LogitNormal::new(1000, 0.0, 1.0);
+        let s = logit_normal(1000, 0.0, 1.0);
         let p = s.probabilities(0, 1);
         let worst = (0..500)
             .map(|t| (p[t] - p[999 - t]).abs())
@@ -141,7 +103,7 @@ mod tests {
     #[test]
     fn log_normal_puts_its_mass_where_ln_sigma_is_near_p_mean() {
         let schedule = NoiseSchedule::ddpm();
-        let s = LogNormal::new(&schedule, -1.2, 1.2);
+        let s = log_normal(&schedule, -1.2, 1.2);
         let p = s.probabilities(0, 1);
         // Half the mass lies below the t whose ln sigma_t is p_mean.
         let mut cumulative = 0.0;

@@ -8,8 +8,8 @@ mod lognormal;
 mod speed;
 
 pub use clts::{Clts, CurriculumAxis};
-pub use lognormal::{LogNormal, LogitNormal};
-pub use speed::Speed;
+pub use lognormal::{log_normal, logit_normal};
+pub use speed::speed;
 
 use crate::{NoiseSchedule, ScheduleError};
 use rand::Rng;
@@ -77,6 +77,20 @@ impl TimestepSampler for Uniform {
 
     fn sample(&self, _: u64, _: u64, n: usize, rng: &mut dyn rand::RngCore) -> Vec<usize> {
         (0..n).map(|_| rng.random_range(0..self.steps)).collect()
+    }
+}
+
+/// A sampler whose p(t) does not change during training, held as a table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tabulated(pub Vec<f64>);
+
+impl TimestepSampler for Tabulated {
+    fn steps(&self) -> usize {
+        self.0.len()
+    }
+
+    fn probabilities(&self, _step: u64, _total_steps: u64) -> Vec<f64> {
+        self.0.clone()
     }
 }
 
@@ -163,7 +177,7 @@ impl TimestepSamplerConfig {
                         "logit_normal needs a finite mean and std > 0, got {mean}, {std}"
                     ));
                 }
-                Box::new(LogitNormal::new(steps, mean, std))
+                Box::new(logit_normal(steps, mean, std))
             }
             Self::LogNormal { p_mean, p_std } => {
                 if !(p_std > 0.0 && p_std.is_finite() && p_mean.is_finite()) {
@@ -171,7 +185,7 @@ impl TimestepSamplerConfig {
                         "log_normal needs a finite p_mean and p_std > 0, got {p_mean}, {p_std}"
                     ));
                 }
-                Box::new(LogNormal::new(schedule, p_mean, p_std))
+                Box::new(log_normal(schedule, p_mean, p_std))
             }
             Self::Speed { tau, k } => {
                 if tau == 0 || tau >= steps {
@@ -180,7 +194,7 @@ impl TimestepSamplerConfig {
                 if !(k > 0.0 && k.is_finite()) {
                     return err(format!("speed k must be positive, got {k}"));
                 }
-                Box::new(Speed { steps, tau, k })
+                Box::new(speed(steps, tau, k))
             }
         })
     }
