@@ -3,7 +3,10 @@
 use anyhow::{Context, Result, bail};
 use hayate_model::UNetConfig;
 use hayate_schedule::ddpm::PosteriorVariance;
-use hayate_schedule::{BetaSchedule, LossWeight, NoiseSchedule, Prediction, TimestepSamplerConfig};
+use hayate_schedule::{
+    BetaSchedule, Compensation, LossWeight, MomentumSchedule, MomentumShape, NoiseSchedule,
+    Prediction, TimestepSamplerConfig,
+};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -137,8 +140,11 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Steps of linear learning-rate warm-up from 0.
     pub warmup_steps: u64,
-    /// Adam's beta1.
+    /// Adam's beta1 (at the start, when `momentum` schedules it).
     pub beta1: f64,
+    /// MDLRC: beta1 decays from `beta1` to `momentum.beta_end`, with learning-rate
+    /// compensation. Absent: beta1 stays constant (plain Adam).
+    pub momentum: Option<MomentumDecay>,
     /// Adam's beta2.
     pub beta2: f64,
     /// Adam's epsilon.
@@ -169,6 +175,7 @@ impl Default for TrainConfig {
             lr: 2e-4,
             warmup_steps: 5000,
             beta1: 0.9,
+            momentum: None,
             beta2: 0.999,
             adam_eps: 1e-8,
             grad_clip: 1.0,
@@ -178,6 +185,41 @@ impl Default for TrainConfig {
             log_every: 100,
             keep_checkpoints: 3,
             seed: 0,
+        }
+    }
+}
+
+/// The `[train.momentum]` table: how beta1 decays from `train.beta1` (MDLRC, docs/method.md).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MomentumDecay {
+    /// beta1 at and after `k_end`.
+    pub beta_end: f64,
+    /// First step of the decay.
+    pub k_start: u64,
+    /// Step at which beta1 reaches `beta_end`.
+    pub k_end: u64,
+    /// linear, cosine or demon.
+    #[serde(default)]
+    pub shape: MomentumShape,
+    /// none, ema_weight or noise.
+    #[serde(default)]
+    pub compensation: Compensation,
+}
+
+impl TrainConfig {
+    /// beta1(k) and the lr compensation of this run (constant beta1 without `momentum`).
+    pub fn momentum_schedule(&self) -> MomentumSchedule {
+        match self.momentum {
+            None => MomentumSchedule::constant(self.beta1),
+            Some(d) => MomentumSchedule {
+                beta_start: self.beta1,
+                beta_end: d.beta_end,
+                k_start: d.k_start,
+                k_end: d.k_end,
+                shape: d.shape,
+                compensation: d.compensation,
+            },
         }
     }
 }
@@ -264,6 +306,7 @@ impl RunConfig {
                 bail!("{name} must be in [0, 1), got {beta}");
             }
         }
+        t.momentum_schedule().validate().context("train")?;
         if t.adam_eps.is_nan() || t.adam_eps <= 0.0 {
             bail!("train.adam_eps must be positive, got {}", t.adam_eps);
         }

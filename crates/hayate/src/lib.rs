@@ -9,6 +9,7 @@ pub mod config;
 pub mod ema;
 pub mod lr;
 pub mod metric;
+pub mod optim;
 pub mod progress;
 pub mod sample;
 pub mod step;

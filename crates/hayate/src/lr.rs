@@ -1,8 +1,11 @@
-//! The learning-rate schedule: linear warm-up, then constant (the DDPM recipe).
+//! The learning-rate schedule: linear warm-up, then constant (the DDPM recipe), times MDLRC's
+//! compensation for the scheduled beta1.
 
 use burn::lr_scheduler::{LrScheduler, LrSchedulerRecord};
+use hayate_schedule::MomentumSchedule;
 
-/// lr(k) = lr * min(1, k / warmup) for the k-th step (1-based).
+/// lr(k) = lr * min(1, k / warmup) * c(k - 1) for the k-th step (1-based), where c is the
+/// momentum schedule's compensation for the beta1 of that update.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WarmupLr {
     /// The rate after warm-up.
@@ -11,15 +14,19 @@ pub struct WarmupLr {
     pub warmup: u64,
     /// Steps taken so far.
     pub step: u64,
+    /// beta1(k) and its compensation.
+    pub momentum: MomentumSchedule,
 }
 
 impl WarmupLr {
     /// The rate of the `k`-th step (1-based).
     pub fn at(&self, k: u64) -> f64 {
-        if self.warmup == 0 {
-            return self.lr;
-        }
-        self.lr * (k as f64 / self.warmup as f64).min(1.0)
+        let warmup = if self.warmup == 0 {
+            1.0
+        } else {
+            (k as f64 / self.warmup as f64).min(1.0)
+        };
+        self.lr * warmup * self.momentum.lr_factor(k.saturating_sub(1))
     }
 }
 
@@ -46,10 +53,12 @@ mod tests {
 
     #[test]
     fn warms_up_linearly_then_holds_and_resumes_from_its_record() {
+        let momentum = MomentumSchedule::constant(0.9);
         let mut s = WarmupLr {
             lr: 2e-4,
             warmup: 4,
             step: 0,
+            momentum,
         };
         let seq: Vec<f64> = (0..6).map(|_| s.step()).collect();
         let expected = [0.5e-4, 1e-4, 1.5e-4, 2e-4, 2e-4, 2e-4];
@@ -60,13 +69,42 @@ mod tests {
             lr: 2e-4,
             warmup: 4,
             step: 0,
+            momentum,
         };
         let mut at_two = WarmupLr {
             lr: 2e-4,
             warmup: 4,
             step: 2,
+            momentum,
         };
         resumed.load_record(at_two.to_record());
         assert_eq!(resumed.step(), at_two.step());
+    }
+
+    #[test]
+    fn compensation_scales_the_rate_by_the_beta1_of_each_update() {
+        let momentum = MomentumSchedule {
+            beta_start: 0.9,
+            beta_end: 0.5,
+            k_start: 0,
+            k_end: 10,
+            shape: hayate_schedule::MomentumShape::Linear,
+            compensation: hayate_schedule::Compensation::EmaWeight,
+        };
+        let mut s = WarmupLr {
+            lr: 1e-3,
+            warmup: 0,
+            step: 0,
+            momentum,
+        };
+        let rates: Vec<f64> = (0..12).map(|_| s.step()).collect();
+        // Update k (0-based) uses beta1(k) = 0.9 - 0.04 k: lr (1 - beta1) stays 1e-4.
+        for (k, lr) in rates.iter().enumerate() {
+            assert!(
+                (lr * (1.0 - momentum.beta1(k as u64)) - 1e-4).abs() < 1e-15,
+                "k={k}"
+            );
+        }
+        assert!((rates[11] - 2e-4).abs() < 1e-15);
     }
 }

@@ -8,11 +8,12 @@ use crate::config::RunConfig;
 use crate::ema::Ema;
 use crate::lr::WarmupLr;
 use crate::metric::ImagesPerSecond;
+use crate::optim::ScheduledAdam;
 use crate::sample::{generate, save_grid};
 use crate::step::DenoisingModel;
 use anyhow::{Context, Result, bail};
 use burn::data::dataset::Dataset;
-use burn::optim::AdamConfig;
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
@@ -168,16 +169,18 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
         unet,
         grad_clip: config.train.grad_clip,
     };
-    let optimizer = AdamConfig::new()
-        .with_beta_1(config.train.beta1 as f32)
-        .with_beta_2(config.train.beta2 as f32)
-        .with_epsilon(config.train.adam_eps as f32)
-        .init();
+    let momentum = config.train.momentum_schedule();
+    let optimizer = ModuleOptimizer::from(ScheduledAdam {
+        momentum,
+        beta2: config.train.beta2,
+        epsilon: config.train.adam_eps,
+    });
     let start_step = resume_from.as_ref().map_or(0, Checkpoint::step);
     let scheduler = WarmupLr {
         lr: config.train.lr,
         warmup: config.train.warmup_steps,
         step: start_step,
+        momentum,
     };
     let mut learner = Learner::new(model, optimizer, scheduler);
 
@@ -501,6 +504,7 @@ fn end_of_interval(
         "step": step,
         "loss": mean_loss,
         "mean_t_over_T": mean_t,
+        "beta1": run.config.train.momentum_schedule().beta1(step.saturating_sub(1)),
         "lr": learner.lr_current().base(),
         "ema_decay": run.ema.decay_at(step.saturating_sub(1)),
         "images_per_second": run.report.images_per_second,

@@ -8,8 +8,10 @@ use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 use hayate::checkpoint::Checkpoint;
+use hayate::config::MomentumDecay;
 use hayate::step::DenoisingModel;
 use hayate::train::{TrainOptions, train};
+use hayate_schedule::{Compensation, MomentumShape};
 
 fn options(
     config: hayate::config::RunConfig,
@@ -185,9 +187,10 @@ fn a_missing_data_folder_is_a_clear_error() {
     );
 }
 
-/// Resume passes the true global step to the timestep sampler: with the CLTS curriculum and
-/// Min-SNR weights, a run stopped at step 8 and resumed to 16 matches one trained straight
-/// through, and the logged mean t/T falls as the curriculum moves mass to t = 0.3 T.
+/// Resume passes the true global step to the timestep sampler and the optimiser: with the CLTS
+/// curriculum, Min-SNR weights and a decaying beta1 with lr compensation (MDLRC), a run stopped
+/// at step 8 and resumed to 24 matches one trained straight through; the logged beta1 and lr
+/// follow their formulas, and the mean t/T falls as the curriculum moves mass to t = 0.3 T.
 #[test]
 fn curriculum_runs_resume_exactly_and_log_the_drawn_t() {
     let Some(data) = common::shared_cifar10() else {
@@ -200,7 +203,17 @@ fn curriculum_runs_resume_exactly_and_log_the_drawn_t() {
 timestep_sampler = { kind = "clts", mu = 0.3, sigma = 0.05, lambda_max = 1.0, ramp_steps = 8 }
 loss_weight = { kind = "min_snr", gamma = 5.0 }
 "#;
-    let config = |steps| common::tiny_config_with(steps, 8, diffusion);
+    let config = |steps| {
+        let mut config = common::tiny_config_with(steps, 8, diffusion);
+        config.train.momentum = Some(MomentumDecay {
+            beta_end: 0.5,
+            k_start: 4,
+            k_end: 12,
+            shape: MomentumShape::Cosine,
+            compensation: Compensation::Noise,
+        });
+        config
+    };
     let straight = dir.path().join("straight");
     train(&options(config(24), &straight, &data, false), &device).unwrap();
     let resumed = dir.path().join("resumed");
@@ -210,6 +223,19 @@ loss_weight = { kind = "min_snr", gamma = 5.0 }
     let b = Checkpoint::load(&Checkpoint::latest(&resumed).unwrap()).unwrap();
     assert!(parameters(&a, "model") == parameters(&b, "model"));
 
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(straight.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // beta1 and the compensated lr of the last update of each interval (steps 8, 16, 24).
+    let schedule = config(24).train.momentum_schedule();
+    for (line, step) in metrics.iter().zip([8u64, 16, 24]) {
+        assert_eq!(line["beta1"].as_f64().unwrap(), schedule.beta1(step - 1));
+        let lr = 0.001 * schedule.lr_factor(step - 1);
+        assert!((line["lr"].as_f64().unwrap() - lr).abs() < 1e-12, "{line}");
+    }
+    assert_eq!(metrics[2]["beta1"].as_f64().unwrap(), 0.5);
     let mean_t: Vec<f64> = std::fs::read_to_string(straight.join("metrics.jsonl"))
         .unwrap()
         .lines()
