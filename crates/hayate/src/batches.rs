@@ -93,6 +93,8 @@ pub struct HostBatch {
     pub target: Vec<f32>,
     /// Loss weight of each sample.
     pub weight: Vec<f32>,
+    /// Mean of t / T over the batch, for the progress display.
+    pub mean_t_over_t: f64,
     /// A seed for the device's dropout masks in this step.
     pub dropout_seed: u64,
 }
@@ -137,7 +139,8 @@ impl BatchSource {
             .sampler
             .sample(state.step, self.total_steps, n, &mut state.streams.timestep);
         let steps = self.schedule.steps() as f64;
-        self.drawn_t.0 += t.iter().map(|&t| t as f64 / steps).sum::<f64>();
+        let t_sum = t.iter().map(|&t| t as f64 / steps).sum::<f64>();
+        self.drawn_t.0 += t_sum;
         self.drawn_t.1 += n;
         let weight = t
             .iter()
@@ -163,6 +166,7 @@ impl BatchSource {
             t,
             target,
             weight,
+            mean_t_over_t: t_sum / n as f64,
             dropout_seed,
         }
     }
@@ -195,6 +199,7 @@ impl HostBatch {
             t: Tensor::from_data(TensorData::new(t, [n]), device),
             target: Tensor::from_data(TensorData::new(self.target.clone(), shape), device),
             weight: Tensor::from_data(TensorData::new(self.weight.clone(), [n]), device),
+            mean_t_over_t: self.mean_t_over_t,
         }
     }
 }

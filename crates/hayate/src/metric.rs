@@ -1,4 +1,5 @@
-//! Throughput for the Learner's display: images per second.
+//! Metrics for the Learner's display beyond Burn's own: images per second, and values the host
+//! knows (mean t/T of the batch, beta1 of the step).
 
 use crate::step::DenoisingOutput;
 use burn::tensor::TensorReadError;
@@ -7,6 +8,7 @@ use burn::train::metric::{
     Adaptor, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes,
     NumericEntry, SerializedEntry,
 };
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -87,6 +89,119 @@ impl Metric for ImagesPerSecond {
 }
 
 impl Numeric for ImagesPerSecond {
+    fn value(&self) -> Option<NumericEntry> {
+        Some(self.state.current_value())
+    }
+
+    fn running_value(&self) -> Option<NumericEntry> {
+        Some(self.state.running_value())
+    }
+
+    fn final_value(&self) -> NumericEntry {
+        self.state.final_value()
+    }
+}
+
+/// A value of one training step that the host computed, shown as a metric.
+pub trait HostInput: Send + Sync + 'static {
+    /// The value.
+    fn value(&self) -> f64;
+}
+
+/// Mean t / T of a step's batch.
+pub struct MeanT(pub f64);
+
+/// Adam's beta1 in a step.
+pub struct Beta1(pub f64);
+
+impl HostInput for MeanT {
+    fn value(&self) -> f64 {
+        self.0
+    }
+}
+
+impl HostInput for Beta1 {
+    fn value(&self) -> f64 {
+        self.0
+    }
+}
+
+impl Adaptor<MeanT> for DenoisingOutput {
+    fn adapt(&self) -> MeanT {
+        MeanT(self.mean_t_over_t)
+    }
+}
+
+impl Adaptor<Beta1> for DenoisingOutput {
+    fn adapt(&self) -> Beta1 {
+        Beta1(self.beta1)
+    }
+}
+
+/// Shows a [`HostInput`] under a name, averaged over the interval like the loss.
+pub struct HostValue<I> {
+    name: MetricName,
+    state: NumericMetricState,
+    _input: PhantomData<fn() -> I>,
+}
+
+impl<I> Clone for HostValue<I> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            state: self.state.clone(),
+            _input: PhantomData,
+        }
+    }
+}
+
+impl<I> HostValue<I> {
+    /// A metric called `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: Arc::new(name.to_string()),
+            state: NumericMetricState::default(),
+            _input: PhantomData,
+        }
+    }
+}
+
+impl<I: HostInput> Metric for HostValue<I> {
+    type Input = I;
+
+    fn update(
+        &mut self,
+        item: &I,
+        _metadata: &MetricMetadata,
+    ) -> Result<SerializedEntry, TensorReadError> {
+        self.state.update(item.value(), 1);
+        Ok(self
+            .state
+            .compute_update(FormatOptions::new(self.name()).precision(4)))
+    }
+
+    fn compute(&mut self) -> Result<SerializedEntry, TensorReadError> {
+        Ok(self
+            .state
+            .compute_final(FormatOptions::new(self.name()).precision(4)))
+    }
+
+    fn clear(&mut self) {}
+
+    fn name(&self) -> MetricName {
+        self.name.clone()
+    }
+
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes {
+            unit: None,
+            higher_is_better: false,
+        }
+        .into()
+    }
+}
+
+impl<I: HostInput> Numeric for HostValue<I> {
     fn value(&self) -> Option<NumericEntry> {
         Some(self.state.current_value())
     }

@@ -27,6 +27,8 @@ pub struct DenoisingBatch {
     pub target: Tensor<4>,
     /// Each sample's loss weight, `[N]`.
     pub weight: Tensor<1>,
+    /// Mean t / T of the batch (host-side, for the display).
+    pub mean_t_over_t: f64,
 }
 
 /// What a step reports to the metrics.
@@ -35,6 +37,10 @@ pub struct DenoisingOutput {
     pub loss: Tensor<1>,
     /// Images in the batch.
     pub images: usize,
+    /// Mean t / T of the batch.
+    pub mean_t_over_t: f64,
+    /// Adam's beta1 in this step (set by the training strategy, which knows the step).
+    pub beta1: f64,
 }
 
 impl DenoisingModel {
@@ -65,7 +71,12 @@ impl TrainStep for DenoisingModel {
         }
         TrainOutput {
             grads,
-            item: DenoisingOutput { loss, images },
+            item: DenoisingOutput {
+                loss,
+                images,
+                mean_t_over_t: batch.mean_t_over_t,
+                beta1: f64::NAN,
+            },
         }
     }
 }
@@ -78,6 +89,8 @@ impl InferenceStep for DenoisingModel {
         DenoisingOutput {
             loss: self.loss(&batch),
             images: batch.t.dims()[0],
+            mean_t_over_t: batch.mean_t_over_t,
+            beta1: f64::NAN,
         }
     }
 }
@@ -93,7 +106,7 @@ impl ItemLazy for DenoisingOutput {
         self.loss.device().flush()?;
         Ok(Self {
             loss: self.loss.without_autodiff(),
-            images: self.images,
+            ..self
         })
     }
 }

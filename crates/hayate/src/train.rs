@@ -7,7 +7,7 @@ use crate::checkpoint::{Checkpoint, CheckpointMeta, write_atomic};
 use crate::config::RunConfig;
 use crate::ema::Ema;
 use crate::lr::WarmupLr;
-use crate::metric::ImagesPerSecond;
+use crate::metric::{Beta1, HostValue, ImagesPerSecond, MeanT};
 use crate::optim::ScheduledAdam;
 use crate::sample::{generate, save_grid};
 use crate::step::DenoisingModel;
@@ -261,6 +261,8 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
         .metric_train_numeric(LossMetric::new())
         .metric_train_numeric(LearningRateMetric::new())
         .metric_train_numeric(ImagesPerSecond::new())
+        .metric_train_numeric(HostValue::<MeanT>::new("Mean t/T"))
+        .metric_train_numeric(HostValue::<Beta1>::new("Beta1"))
         .num_epochs(epochs)
         .with_custom_checkpointers(
             Capture::<ModuleRecord>::new(model_slot),
@@ -363,6 +365,7 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
         let mut checkpointer = components.checkpointer;
         let every = run.config.train.checkpoint_every;
         let total = run.config.train.steps;
+        let momentum = run.config.train.momentum_schedule();
         let mut train_time = Duration::ZERO;
         let mut images = 0usize;
         let first_step = run.report.step;
@@ -387,7 +390,7 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                     }
                 };
                 learner.lr_step();
-                let output = learner.train_step(batch);
+                let mut output = learner.train_step(batch);
                 learner.optimizer_step(output.grads);
                 let step = run.source.lock().expect("batch source lock").state.step;
                 run.ema.update(&learner.model().unet, step - 1);
@@ -399,6 +402,7 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                 images_in_interval += output.item.images;
                 steps_in_interval += 1;
                 run.report.step = step;
+                output.item.beta1 = momentum.beta1(step - 1);
                 let item = TrainingItem::new(
                     output.item,
                     iter.progress(),
