@@ -156,7 +156,7 @@ impl<I> Clone for HostValue<I> {
 }
 
 impl<I> HostValue<I> {
-    /// A metric called `name`.
+    /// A metric called `name` (Burn's file logger makes it a file name: no `/`).
     pub fn new(name: &str) -> Self {
         Self {
             name: Arc::new(name.to_string()),

@@ -261,7 +261,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
         .metric_train_numeric(LossMetric::new())
         .metric_train_numeric(LearningRateMetric::new())
         .metric_train_numeric(ImagesPerSecond::new())
-        .metric_train_numeric(HostValue::<MeanT>::new("Mean t/T"))
+        .metric_train_numeric(HostValue::<MeanT>::new("Mean t over T"))
         .metric_train_numeric(HostValue::<Beta1>::new("Beta1"))
         .num_epochs(epochs)
         .with_custom_checkpointers(
