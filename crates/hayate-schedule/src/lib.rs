@@ -18,7 +18,7 @@ pub mod timesteps;
 mod weights;
 
 pub use denoiser::Denoiser;
-pub use momentum::{Compensation, MomentumSchedule, MomentumShape};
+pub use momentum::{Compensation, MomentumDecay, MomentumSchedule, MomentumShape};
 pub use noise::{BetaSchedule, NoiseSchedule, ScheduleError};
 pub use prediction::Prediction;
 pub use rng::{HostRng, fill_standard_normal, standard_normal};

@@ -33,13 +33,10 @@ pub enum Compensation {
     Noise,
 }
 
-/// beta1(k) from `beta_start` to `beta_end` over the steps [`k_start`, `k_end`], and the
-/// compensation that goes with it.
+/// How beta1 decays from its starting value: the `[train] momentum` table of a config.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MomentumSchedule {
-    /// beta1 before `k_start` (Adam's usual 0.9).
-    pub beta_start: f64,
+pub struct MomentumDecay {
     /// beta1 from `k_end` on.
     pub beta_end: f64,
     /// First step of the decay.
@@ -54,53 +51,62 @@ pub struct MomentumSchedule {
     pub compensation: Compensation,
 }
 
+/// beta1(k): `beta_start`, decaying as `decay` says (constant without one), and the
+/// learning-rate compensation that goes with it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MomentumSchedule {
+    /// beta1 before the decay (Adam's usual 0.9).
+    pub beta_start: f64,
+    /// The decay; `None` keeps beta1 at `beta_start` with no compensation (plain Adam).
+    pub decay: Option<MomentumDecay>,
+}
+
 impl MomentumSchedule {
     /// beta1 fixed at `beta` with no compensation: plain Adam.
     pub fn constant(beta: f64) -> Self {
         Self {
             beta_start: beta,
-            beta_end: beta,
-            k_start: 0,
-            k_end: 0,
-            shape: MomentumShape::Linear,
-            compensation: Compensation::None,
+            decay: None,
         }
     }
 
     /// Checks the parameters.
     pub fn validate(&self) -> Result<(), ScheduleError> {
-        for (name, b) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
-            if !(0.0..1.0).contains(&b) {
+        let end = self.decay.map(|d| d.beta_end);
+        for (name, b) in [("beta_start", Some(self.beta_start)), ("beta_end", end)] {
+            if let Some(b) = b
+                && !(0.0..1.0).contains(&b)
+            {
                 return Err(ScheduleError(format!(
                     "momentum.{name} must be in [0, 1), got {b}"
                 )));
             }
         }
-        if self.k_end < self.k_start {
+        if let Some(d) = self.decay
+            && d.k_end < d.k_start
+        {
             return Err(ScheduleError(format!(
                 "momentum.k_end ({}) must not come before k_start ({})",
-                self.k_end, self.k_start
+                d.k_end, d.k_start
             )));
         }
         Ok(())
     }
 
-    /// Progress through the decay at step `k`, in [0, 1].
-    fn progress(&self, k: u64) -> f64 {
-        if k >= self.k_end {
-            1.0
-        } else if k <= self.k_start {
-            0.0
-        } else {
-            (k - self.k_start) as f64 / (self.k_end - self.k_start) as f64
-        }
-    }
-
     /// beta1 for the update at (0-based) step `k`.
     pub fn beta1(&self, k: u64) -> f64 {
-        let p = self.progress(k);
-        let (b0, b1) = (self.beta_start, self.beta_end);
-        match self.shape {
+        let Some(d) = self.decay else {
+            return self.beta_start;
+        };
+        let p = if k >= d.k_end {
+            1.0
+        } else if k <= d.k_start {
+            0.0
+        } else {
+            (k - d.k_start) as f64 / (d.k_end - d.k_start) as f64
+        };
+        let (b0, b1) = (self.beta_start, d.beta_end);
+        match d.shape {
             MomentumShape::Linear => b0 + (b1 - b0) * p,
             MomentumShape::Cosine => {
                 b1 + (b0 - b1) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
@@ -115,8 +121,9 @@ impl MomentumSchedule {
 
     /// The compensation factor c(k) for the update at (0-based) step `k`.
     pub fn lr_factor(&self, k: u64) -> f64 {
+        let compensation = self.decay.map_or(Compensation::None, |d| d.compensation);
         let (b0, b) = (self.beta_start, self.beta1(k));
-        match self.compensation {
+        match compensation {
             Compensation::None => 1.0,
             Compensation::EmaWeight => (1.0 - b0) / (1.0 - b),
             Compensation::Noise => ((1.0 - b0) * (1.0 + b) / ((1.0 + b0) * (1.0 - b))).sqrt(),
@@ -128,14 +135,20 @@ impl MomentumSchedule {
 mod tests {
     use super::*;
 
-    fn schedule(shape: MomentumShape, compensation: Compensation) -> MomentumSchedule {
-        MomentumSchedule {
-            beta_start: 0.9,
+    fn decay(shape: MomentumShape, compensation: Compensation) -> MomentumDecay {
+        MomentumDecay {
             beta_end: 0.5,
             k_start: 100,
             k_end: 300,
             shape,
             compensation,
+        }
+    }
+
+    fn schedule(shape: MomentumShape, compensation: Compensation) -> MomentumSchedule {
+        MomentumSchedule {
+            beta_start: 0.9,
+            decay: Some(decay(shape, compensation)),
         }
     }
 
@@ -160,8 +173,11 @@ mod tests {
         assert!((demon.beta1(300) - 0.5).abs() < 1e-12);
         // With beta_end = 0 the odds are proportional to (1 - progress): Demon itself.
         let to_zero = MomentumSchedule {
-            beta_end: 0.0,
-            ..demon
+            beta_start: 0.9,
+            decay: Some(MomentumDecay {
+                beta_end: 0.0,
+                ..decay(MomentumShape::Demon, Compensation::None)
+            }),
         };
         let odds = |b: f64| b / (1.0 - b);
         assert!((odds(to_zero.beta1(250)) - 9.0 * 0.25).abs() < 1e-9);
@@ -190,16 +206,21 @@ mod tests {
 
     #[test]
     fn invalid_schedules_are_rejected() {
-        let ok = schedule(MomentumShape::Linear, Compensation::None);
-        assert!(ok.validate().is_ok());
+        let ok = decay(MomentumShape::Linear, Compensation::None);
+        let with = |decay: MomentumDecay| MomentumSchedule {
+            beta_start: 0.9,
+            decay: Some(decay),
+        };
+        assert!(with(ok).validate().is_ok());
         assert!(
-            MomentumSchedule {
+            with(MomentumDecay {
                 beta_end: 1.0,
                 ..ok
-            }
+            })
             .validate()
             .is_err()
         );
-        assert!(MomentumSchedule { k_end: 50, ..ok }.validate().is_err());
+        assert!(with(MomentumDecay { k_end: 50, ..ok }).validate().is_err());
+        assert!(MomentumSchedule::constant(1.0).validate().is_err());
     }
 }

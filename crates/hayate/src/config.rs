@@ -4,8 +4,8 @@ use anyhow::{Context, Result, bail};
 use hayate_model::UNetConfig;
 use hayate_schedule::ddpm::PosteriorVariance;
 use hayate_schedule::{
-    BetaSchedule, Compensation, LossWeight, MomentumSchedule, MomentumShape, NoiseSchedule,
-    Prediction, TimestepSamplerConfig,
+    BetaSchedule, LossWeight, MomentumDecay, MomentumSchedule, NoiseSchedule, Prediction,
+    TimestepSamplerConfig,
 };
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -189,37 +189,12 @@ impl Default for TrainConfig {
     }
 }
 
-/// The `[train.momentum]` table: how beta1 decays from `train.beta1` (MDLRC, docs/method.md).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MomentumDecay {
-    /// beta1 at and after `k_end`.
-    pub beta_end: f64,
-    /// First step of the decay.
-    pub k_start: u64,
-    /// Step at which beta1 reaches `beta_end`.
-    pub k_end: u64,
-    /// linear, cosine or demon.
-    #[serde(default)]
-    pub shape: MomentumShape,
-    /// none, ema_weight or noise.
-    #[serde(default)]
-    pub compensation: Compensation,
-}
-
 impl TrainConfig {
     /// beta1(k) and the lr compensation of this run (constant beta1 without `momentum`).
     pub fn momentum_schedule(&self) -> MomentumSchedule {
-        match self.momentum {
-            None => MomentumSchedule::constant(self.beta1),
-            Some(d) => MomentumSchedule {
-                beta_start: self.beta1,
-                beta_end: d.beta_end,
-                k_start: d.k_start,
-                k_end: d.k_end,
-                shape: d.shape,
-                compensation: d.compensation,
-            },
+        MomentumSchedule {
+            beta_start: self.beta1,
+            decay: self.momentum,
         }
     }
 }

@@ -85,11 +85,13 @@ mod tests {
     fn compensation_scales_the_rate_by_the_beta1_of_each_update() {
         let momentum = MomentumSchedule {
             beta_start: 0.9,
-            beta_end: 0.5,
-            k_start: 0,
-            k_end: 10,
-            shape: hayate_schedule::MomentumShape::Linear,
-            compensation: hayate_schedule::Compensation::EmaWeight,
+            decay: Some(hayate_schedule::MomentumDecay {
+                beta_end: 0.5,
+                k_start: 0,
+                k_end: 10,
+                shape: hayate_schedule::MomentumShape::Linear,
+                compensation: hayate_schedule::Compensation::EmaWeight,
+            }),
         };
         let mut s = WarmupLr {
             lr: 1e-3,

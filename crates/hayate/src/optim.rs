@@ -97,7 +97,7 @@ mod tests {
     use burn::nn::{Linear, LinearConfig};
     use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
     use burn::train::checkpoint::Checkpoint;
-    use hayate_schedule::{Compensation, MomentumShape};
+    use hayate_schedule::{Compensation, MomentumDecay, MomentumShape};
 
     #[derive(Module, Debug)]
     struct Net {
@@ -169,11 +169,13 @@ mod tests {
         let device = Device::flex().autodiff();
         let decay = MomentumSchedule {
             beta_start: 0.9,
-            beta_end: 0.5,
-            k_start: 2,
-            k_end: 8,
-            shape: MomentumShape::Cosine,
-            compensation: Compensation::EmaWeight,
+            decay: Some(MomentumDecay {
+                beta_end: 0.5,
+                k_start: 2,
+                k_end: 8,
+                shape: MomentumShape::Cosine,
+                compensation: Compensation::EmaWeight,
+            }),
         };
         let start = net(&device);
         let mut straight = scheduled(decay);

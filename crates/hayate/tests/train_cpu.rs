@@ -8,10 +8,10 @@ use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 use hayate::checkpoint::Checkpoint;
-use hayate::config::MomentumDecay;
+
 use hayate::step::DenoisingModel;
 use hayate::train::{TrainOptions, train};
-use hayate_schedule::{Compensation, MomentumShape};
+use hayate_schedule::{Compensation, MomentumDecay, MomentumShape};
 
 fn options(
     config: hayate::config::RunConfig,
