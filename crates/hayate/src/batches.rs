@@ -8,9 +8,7 @@ use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::{Dataset, DatasetError};
 use burn::prelude::*;
 use hayate_data::{Cifar10, image_to_unit_range};
-use hayate_schedule::{
-    HostRng, LossWeight, NoiseSchedule, Prediction, TimestepSampler, fill_standard_normal,
-};
+use hayate_schedule::{HostRng, NoiseSchedule, Prediction, TimestepSampler, fill_standard_normal};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -68,8 +66,8 @@ pub struct BatchSource {
     pub prediction: Prediction,
     /// How t is drawn.
     pub sampler: Box<dyn TimestepSampler>,
-    /// How each sample's error is weighted.
-    pub loss_weight: LossWeight,
+    /// The loss weight of each timestep (the config's `loss_weight` for the run's prediction).
+    pub loss_weights: Vec<f32>,
     /// Images per batch.
     pub batch_size: usize,
     /// Total steps of the run (the curriculum samplers read it).
@@ -78,8 +76,6 @@ pub struct BatchSource {
     pub random_flip: bool,
     /// The sequence position.
     pub state: SourceState,
-    /// Sum of t / T and count of the timesteps drawn since the last [`take_mean_t`](Self::take_mean_t).
-    drawn_t: (f64, usize),
 }
 
 /// A batch on the host, before it is moved to a device.
@@ -104,18 +100,24 @@ impl BatchSource {
     /// continuing from `state`.
     pub fn new(dataset: Arc<Cifar10>, config: &RunConfig, state: SourceState) -> Result<Self> {
         let schedule = config.diffusion.schedule()?;
+        let loss_weights = config
+            .diffusion
+            .loss_weight
+            .table(&schedule, config.diffusion.prediction)
+            .into_iter()
+            .map(|w| w as f32)
+            .collect();
         let sampler = config.diffusion.timestep_sampler.build(&schedule)?;
         Ok(Self {
             dataset,
             schedule,
             prediction: config.diffusion.prediction,
             sampler,
-            loss_weight: config.diffusion.loss_weight,
+            loss_weights,
             batch_size: config.train.batch_size,
             total_steps: config.train.steps,
             random_flip: config.data.random_flip,
             state,
-            drawn_t: (0.0, 0),
         })
     }
 
@@ -140,12 +142,7 @@ impl BatchSource {
             .sample(state.step, self.total_steps, n, &mut state.streams.timestep);
         let steps = self.schedule.steps() as f64;
         let t_sum = t.iter().map(|&t| t as f64 / steps).sum::<f64>();
-        self.drawn_t.0 += t_sum;
-        self.drawn_t.1 += n;
-        let weight = t
-            .iter()
-            .map(|&t| self.loss_weight.weight(&self.schedule, t, self.prediction) as f32)
-            .collect();
+        let weight = t.iter().map(|&t| self.loss_weights[t]).collect();
         let mut eps = vec![0f32; n * per];
         fill_standard_normal(&mut state.streams.noise, &mut eps);
         let mut x_t = vec![0f32; n * per];
@@ -169,12 +166,6 @@ impl BatchSource {
             mean_t_over_t: t_sum / n as f64,
             dropout_seed,
         }
-    }
-
-    /// Mean t / T of the timesteps drawn since the last call (NaN if none), then resets.
-    pub fn take_mean_t(&mut self) -> f64 {
-        let (sum, count) = std::mem::take(&mut self.drawn_t);
-        sum / count as f64
     }
 }
 

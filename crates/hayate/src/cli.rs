@@ -26,7 +26,7 @@ pub struct Cli {
 pub enum Command {
     /// Train a model from a TOML config.
     Train {
-        /// The experiment config (for example experiments/cifar10.toml).
+        /// The experiment config (for example experiments/cifar10-baseline.toml).
         #[arg(long)]
         config: PathBuf,
         /// Where to run: auto picks WGPU on a hardware GPU, else the CPU backend.
@@ -94,11 +94,36 @@ pub enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Look at a config's schedules before training with it.
+    Schedule {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
+    /// Redraw a run's charts (loss, lr, beta1, mean t/T against step) into RUN_DIR/plots.
+    Plot {
+        /// The run folder (holding metrics.jsonl).
+        run_dir: PathBuf,
+    },
     /// Print a config's parameter count, FLOPs and resolved settings.
     Info {
         /// The experiment config.
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+/// `hayate schedule` actions.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleAction {
+    /// Write PNG charts of p_k(t) at several steps k, the loss weight w(t), beta1(k) and lr(k).
+    Plot {
+        /// The experiment config.
+        #[arg(long)]
+        config: PathBuf,
+        /// The folder the charts go to.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -262,6 +287,22 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Schedule {
+            action: ScheduleAction::Plot { config, out },
+        } => {
+            let run_config = RunConfig::load(&config)?;
+            run_config.validate()?;
+            for path in crate::plot::save_all(&crate::plot::schedule_charts(&run_config)?, &out)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Plot { run_dir } => {
+            for path in crate::plot::plot_run(&run_dir)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         Command::Info { config } => {
             let run_config = RunConfig::load(&config)?;
             let unet = run_config.model.resolve()?;
@@ -295,17 +336,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn info_runs_on_every_experiment() {
+    fn info_and_schedule_plot_run_on_every_experiment() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
+        let plots = tempfile::tempdir().unwrap();
+        let mut count = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let config = entry.unwrap().path();
             if config.extension().is_some_and(|e| e == "toml") {
                 run(Cli {
-                    command: Command::Info { config },
+                    command: Command::Info {
+                        config: config.clone(),
+                    },
                 })
                 .unwrap();
+                let out = plots.path().join(config.file_stem().unwrap());
+                run(Cli {
+                    command: Command::Schedule {
+                        action: ScheduleAction::Plot {
+                            config,
+                            out: out.clone(),
+                        },
+                    },
+                })
+                .unwrap();
+                for chart in ["timesteps", "loss_weight", "beta1", "lr"] {
+                    image::open(out.join(format!("{chart}.png"))).unwrap();
+                }
+                count += 1;
             }
         }
+        assert!(count >= 12, "only {count} experiment configs");
     }
 
     #[test]

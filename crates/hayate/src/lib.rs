@@ -10,6 +10,7 @@ pub mod ema;
 pub mod lr;
 pub mod metric;
 pub mod optim;
+pub mod plot;
 pub mod progress;
 pub mod sample;
 pub mod step;

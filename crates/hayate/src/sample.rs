@@ -89,12 +89,18 @@ pub fn save_grid(images: &[f32], size: usize, path: &Path) -> Result<()> {
             }
         }
     }
+    write_png(&grid, path)
+}
+
+/// Encodes `image` as PNG and writes it atomically.
+pub fn write_png(image: &image::RgbImage, path: &Path) -> Result<()> {
     let mut bytes = Vec::new();
-    grid.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .context("encoding PNG")?;
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .context("encoding PNG")?;
     write_atomic(path, &bytes)
 }
 

@@ -133,6 +133,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
             path.display(),
             checkpoint.step()
         );
+        forget_metrics_after(out, checkpoint.step())?;
         Some(checkpoint)
     } else {
         if Checkpoint::latest(out).is_ok() {
@@ -366,9 +367,11 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
         let every = run.config.train.checkpoint_every;
         let total = run.config.train.steps;
         let momentum = run.config.train.momentum_schedule();
+        let log_every = run.config.train.log_every;
         let mut train_time = Duration::ZERO;
         let mut images = 0usize;
         let first_step = run.report.step;
+        let mut window = LogWindow::default();
 
         while run.report.step < total && !interrupter.should_stop() {
             let epoch = (run.report.step / every) as usize + 1;
@@ -403,6 +406,15 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                 steps_in_interval += 1;
                 run.report.step = step;
                 output.item.beta1 = momentum.beta1(step - 1);
+                window.add(&output.item);
+                if step.is_multiple_of(log_every) || step == total {
+                    let line = window.take_line(step, learner.lr_current().base());
+                    if let Err(e) = append_metrics(&run.out, &line) {
+                        interrupter.stop(Some(&format!("{e:#}")));
+                        run.error = Some(e);
+                        break;
+                    }
+                }
                 let item = TrainingItem::new(
                     output.item,
                     iter.progress(),
@@ -414,6 +426,9 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                 if interrupter.should_stop() {
                     break;
                 }
+            }
+            if run.error.is_some() {
+                break;
             }
             let mean_loss = loss_sum
                 .map(|s| s.into_scalar::<f32>() as f64 / steps_in_interval.max(1) as f64)
@@ -437,7 +452,7 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                 .context("the Learner was built without checkpointers")
                 .and_then(|c| {
                     c.checkpoint(&learner, epoch, &components.event_store);
-                    end_of_interval(&mut run, &learner, epoch, mean_loss)
+                    end_of_interval(&mut run, epoch, mean_loss)
                 });
             if let Err(e) = saved {
                 interrupter.stop(Some(&format!("{e:#}")));
@@ -457,12 +472,7 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
 }
 
 /// Writes the checkpoint, the EMA sample grid and the metrics line for the interval just done.
-fn end_of_interval(
-    run: &mut RunState,
-    learner: &Learner<DenoisingModel>,
-    epoch: usize,
-    mean_loss: f64,
-) -> Result<()> {
+fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<()> {
     let step = run.report.step;
     let model = run.model_slot.take(epoch)?;
     let optimizer = run.optim_slot.take(epoch)?;
@@ -503,31 +513,100 @@ fn end_of_interval(
     let grid = run.out.join("samples").join(format!("step-{step:09}.png"));
     save_grid(&images, 32, &grid)?;
 
-    let mean_t = run.source.lock().expect("batch source lock").take_mean_t();
     let line = serde_json::json!({
+        "event": "checkpoint",
         "step": step,
         "loss": mean_loss,
-        "mean_t_over_T": mean_t,
-        "beta1": run.config.train.momentum_schedule().beta1(step.saturating_sub(1)),
-        "lr": learner.lr_current().base(),
         "ema_decay": run.ema.decay_at(step.saturating_sub(1)),
         "images_per_second": run.report.images_per_second,
         "checkpoint": path.file_name().map(|n| n.to_string_lossy().to_string()),
         "grid": grid.strip_prefix(&run.out).unwrap_or(&grid).display().to_string(),
     });
-    let metrics = run.out.join("metrics.jsonl");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics)
-        .with_context(|| format!("cannot open {}", metrics.display()))?;
-    writeln!(file, "{line}").with_context(|| format!("cannot write {}", metrics.display()))?;
+    append_metrics(&run.out, &line)?;
+    // The charts are a view of metrics.jsonl; failing to draw them must not stop training.
+    if let Err(e) = crate::plot::plot_run(&run.out) {
+        eprintln!("warning: charts not refreshed: {e:#}");
+    }
     // In a terminal Burn's live display owns the screen; elsewhere this line goes to the log.
     if !std::io::stdout().is_terminal() {
         eprintln!(
             "step {step}: loss {mean_loss:.5}, checkpoint {}",
             path.display()
         );
+    }
+    Ok(())
+}
+
+/// The steps since the last `log` line of metrics.jsonl.
+#[derive(Default)]
+struct LogWindow {
+    loss: Option<Tensor<1>>,
+    mean_t: f64,
+    beta1: f64,
+    steps: u64,
+}
+
+impl LogWindow {
+    fn add(&mut self, item: &crate::step::DenoisingOutput) {
+        let loss = item.loss.clone().without_autodiff();
+        self.loss = Some(match self.loss.take() {
+            Some(sum) => sum + loss,
+            None => loss,
+        });
+        self.mean_t += item.mean_t_over_t;
+        self.beta1 = item.beta1;
+        self.steps += 1;
+    }
+
+    /// The window's `log` line (mean loss and mean t/T over its steps; beta1 and `lr` of its
+    /// last step), emptying the window.
+    fn take_line(&mut self, step: u64, lr: f64) -> serde_json::Value {
+        let window = std::mem::take(self);
+        let n = window.steps.max(1) as f64;
+        let loss = window
+            .loss
+            .map_or(f64::NAN, |s| s.into_scalar::<f32>() as f64 / n);
+        serde_json::json!({
+            "event": "log",
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "beta1": window.beta1,
+            "mean_t_over_T": window.mean_t / n,
+        })
+    }
+}
+
+/// Appends one JSON line to the run's metrics.jsonl.
+fn append_metrics(out: &Path, line: &serde_json::Value) -> Result<()> {
+    let metrics = crate::plot::metrics_path(out);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics)
+        .with_context(|| format!("cannot open {}", metrics.display()))?;
+    writeln!(file, "{line}").with_context(|| format!("cannot write {}", metrics.display()))
+}
+
+/// Drops the metrics lines of steps after `step` (logged by a run that stopped before its next
+/// checkpoint), so a resumed run's log reads as if it had never stopped.
+fn forget_metrics_after(out: &Path, step: u64) -> Result<()> {
+    let metrics = crate::plot::metrics_path(out);
+    let Ok(text) = std::fs::read_to_string(&metrics) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    if kept.len() != text.len() {
+        write_atomic(&metrics, kept.as_bytes())?;
     }
     Ok(())
 }

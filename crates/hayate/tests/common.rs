@@ -32,7 +32,8 @@ pub fn shared_cifar10() -> Option<PathBuf> {
     }
 }
 
-/// The tiny model with a small batch, `steps` steps and a checkpoint every `every`.
+/// The tiny model with a small batch, `steps` steps, a checkpoint every `every` and a metrics
+/// line every 4 steps.
 #[allow(dead_code)] // not every test file uses both helpers
 pub fn tiny_config(steps: u64, every: u64) -> RunConfig {
     tiny_config_with(steps, every, "")
@@ -55,6 +56,7 @@ lr = 0.001
 warmup_steps = 2
 ema_decay = 0.99
 checkpoint_every = {every}
+log_every = 4
 keep_checkpoints = 2
 seed = 11
 

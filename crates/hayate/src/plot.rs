@@ -1,0 +1,571 @@
+//! PNG line charts: the schedules a config will run (`hayate schedule plot`) and the curves a run
+//! has logged (`hayate plot`, refreshed at every checkpoint).
+
+use crate::config::RunConfig;
+use crate::lr::WarmupLr;
+use crate::sample::write_png;
+use anyhow::{Context, Result, anyhow, bail};
+use hayate_schedule::TimestepSampler;
+use plotters::coord::ranged1d::{Ranged, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+/// Chart size in pixels.
+const WIDTH: u32 = 900;
+const HEIGHT: u32 = 540;
+/// The font family name charts ask for; registered once from a bundled font.
+const FONT: &str = "sans-serif";
+/// Series colours, in order.
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// One named curve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The legend entry (empty: no legend).
+    pub name: String,
+    /// (x, y) points in drawing order; non-finite points are skipped.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A line chart of one or more series against a common x axis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chart {
+    /// Caption above the plot.
+    pub title: String,
+    /// x axis label.
+    pub x_label: String,
+    /// y axis label.
+    pub y_label: String,
+    /// The curves.
+    pub series: Vec<Series>,
+    /// A logarithmic y axis (points with y <= 0 are skipped).
+    pub log_y: bool,
+}
+
+impl Chart {
+    fn points(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        self.series
+            .iter()
+            .flat_map(|s| s.points.iter().copied())
+            .filter(|&(x, y)| x.is_finite() && y.is_finite() && (!self.log_y || y > 0.0))
+    }
+
+    /// Draws the chart into an RGB image.
+    pub fn render(&self) -> Result<image::RgbImage> {
+        static REGISTER: Once = Once::new();
+        REGISTER.call_once(|| {
+            // The bundled font is valid TrueType; a failure here would leave text undrawn, which
+            // the render below then reports.
+            let _ = plotters::style::register_font(
+                FONT,
+                FontStyle::Normal,
+                epaint_default_fonts::UBUNTU_LIGHT,
+            );
+        });
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for (x, y) in self.points() {
+            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+        }
+        if x0 > x1 {
+            bail!("chart \"{}\": no finite points to draw", self.title);
+        }
+        if x0 == x1 {
+            (x0, x1) = (x0 - 0.5, x1 + 0.5);
+        }
+        let (y0, y1) = if self.log_y {
+            (y0 / 1.25, y1 * 1.25)
+        } else {
+            let pad = ((y1 - y0) * 0.05)
+                .max(y1.abs().max(y0.abs()) * 0.01)
+                .max(1e-12);
+            (y0 - pad, y1 + pad)
+        };
+        let mut buffer = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buffer, (WIDTH, HEIGHT)).into_drawing_area();
+            root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+            let mut builder = ChartBuilder::on(&root);
+            builder
+                .caption(&self.title, (FONT, 19))
+                .margin(14)
+                .x_label_area_size(46)
+                .y_label_area_size(84);
+            if self.log_y {
+                let chart = builder
+                    .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
+                    .map_err(|e| anyhow!("{e}"))?;
+                self.draw(chart)
+            } else {
+                let chart = builder
+                    .build_cartesian_2d(x0..x1, y0..y1)
+                    .map_err(|e| anyhow!("{e}"))?;
+                self.draw(chart)
+            }
+            .with_context(|| format!("drawing chart \"{}\"", self.title))?;
+            root.present().map_err(|e| anyhow!("{e}"))?;
+        }
+        image::RgbImage::from_raw(WIDTH, HEIGHT, buffer).context("chart buffer size")
+    }
+
+    fn draw<'a, Y>(
+        &self,
+        mut chart: ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+    ) -> Result<()>
+    where
+        Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    {
+        chart
+            .configure_mesh()
+            .x_desc(&self.x_label)
+            .y_desc(&self.y_label)
+            .x_label_formatter(&|v| tick(*v))
+            .y_label_formatter(&|v| tick(*v))
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 17))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut legend = false;
+        for (i, series) in self.series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let points: Vec<(f64, f64)> = series
+                .points
+                .iter()
+                .copied()
+                .filter(|&(x, y)| x.is_finite() && y.is_finite() && (!self.log_y || y > 0.0))
+                .collect();
+            let drawn = chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(|e| anyhow!("{e}"))?;
+            if !series.name.is_empty() {
+                legend = true;
+                drawn.label(series.name.clone()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2))
+                });
+            }
+        }
+        if legend {
+            chart
+                .configure_series_labels()
+                .label_font((FONT, 15))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::UpperRight)
+                .draw()
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Renders the chart and writes it as a PNG, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_png(&self.render()?, path)
+    }
+}
+
+/// A short tick label: plain decimals for ordinary magnitudes, scientific notation otherwise.
+fn tick(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e6).contains(&a) {
+        format!("{v:.2e}")
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        let s = format!("{v:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// Writes `charts` as `<name>.png` into `dir` (created if needed) and returns the paths.
+pub fn save_all(charts: &[(&str, Chart)], dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    charts
+        .iter()
+        .map(|(name, chart)| {
+            let path = dir.join(format!("{name}.png"));
+            chart.save(&path)?;
+            Ok(path)
+        })
+        .collect()
+}
+
+/// At most this many points per curve: plenty for a 900-pixel-wide chart.
+const CURVE_POINTS: u64 = 600;
+
+/// The steps at which a curve over `0..steps` is evaluated: evenly spaced, ending at the last.
+fn sample_steps(steps: u64) -> Vec<u64> {
+    let stride = steps.div_ceil(CURVE_POINTS).max(1);
+    let mut ks: Vec<u64> = (0..steps).step_by(stride as usize).collect();
+    if ks.last() != Some(&(steps.saturating_sub(1))) {
+        ks.push(steps.saturating_sub(1));
+    }
+    ks
+}
+
+/// The steps at which p_k(t) is drawn: the start, then four points up to the step from which
+/// the distribution stops changing (just the start when it never changes).
+fn curriculum_steps(sampler: &dyn TimestepSampler, total: u64) -> Vec<u64> {
+    let last = total.saturating_sub(1);
+    let settled = sampler.probabilities(last, total);
+    let is_settled = |k: u64| {
+        sampler
+            .probabilities(k, total)
+            .iter()
+            .zip(&settled)
+            .all(|(a, b)| (a - b).abs() < 1e-12)
+    };
+    // Evenly spaced candidates, plus halvings toward 0 for curricula short against the run.
+    let mut candidates: Vec<u64> = (0..=256u64)
+        .map(|i| last * i / 256)
+        .chain((1..64).map(|i| last >> i))
+        .collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    let mut settle = last;
+    let mut moving = None;
+    for &k in candidates.iter().rev() {
+        if !is_settled(k) {
+            moving = Some(k);
+            break;
+        }
+        settle = k;
+    }
+    // Between the last moving candidate and the first settled one, bisect to the exact step.
+    if let Some(mut lo) = moving {
+        while settle - lo > 1 {
+            let mid = lo + (settle - lo) / 2;
+            if is_settled(mid) {
+                settle = mid;
+            } else {
+                lo = mid;
+            }
+        }
+    }
+    let mut ks: Vec<u64> = (0..=4).map(|i| settle * i / 4).collect();
+    ks.dedup();
+    ks
+}
+
+/// The schedules a config will train with, before any GPU time is spent: the timestep
+/// distribution p_k(t) at five points of the run, the loss weight w(t), beta1(k) and lr(k).
+pub fn schedule_charts(config: &RunConfig) -> Result<Vec<(&'static str, Chart)>> {
+    let schedule = config.diffusion.schedule()?;
+    let sampler = config.diffusion.timestep_sampler.build(&schedule)?;
+    let total = config.train.steps;
+    let big_t = schedule.steps();
+    let shown = curriculum_steps(sampler.as_ref(), total);
+    let timesteps = shown
+        .iter()
+        .map(|&k| {
+            let p = sampler.probabilities(k, total);
+            let settled = k > 0 && Some(&k) == shown.last() && k + 1 < total;
+            Series {
+                name: match (shown.len(), settled) {
+                    (1, _) => "every step k".into(),
+                    (_, true) => format!("k >= {k}"),
+                    _ => format!("k = {k}"),
+                },
+                // Scaled by T so the uniform distribution reads as 1 whatever T is.
+                points: p
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &p)| (t as f64, p * big_t as f64))
+                    .collect(),
+            }
+        })
+        .collect();
+    let weight = &config.diffusion.loss_weight;
+    let prediction = config.diffusion.prediction;
+    let momentum = config.train.momentum_schedule();
+    let lr = WarmupLr {
+        lr: config.train.lr,
+        warmup: config.train.warmup_steps,
+        step: 0,
+        momentum,
+    };
+    let ks = sample_steps(total);
+    let over_steps = |name: &str, f: &dyn Fn(u64) -> f64| Series {
+        name: name.into(),
+        points: ks.iter().map(|&k| (k as f64, f(k))).collect(),
+    };
+    Ok(vec![
+        (
+            "timesteps",
+            Chart {
+                title: format!("p_k(t): {:?}", config.diffusion.timestep_sampler),
+                x_label: "timestep t".into(),
+                y_label: "T x probability (uniform = 1)".into(),
+                series: timesteps,
+                log_y: false,
+            },
+        ),
+        (
+            "loss_weight",
+            Chart {
+                title: format!("Loss weight w(t): {weight:?}, {prediction:?} prediction"),
+                x_label: "timestep t".into(),
+                y_label: "weight".into(),
+                series: vec![Series {
+                    name: String::new(),
+                    points: weight
+                        .table(&schedule, prediction)
+                        .into_iter()
+                        .enumerate()
+                        .map(|(t, w)| (t as f64, w))
+                        .collect(),
+                }],
+                log_y: false,
+            },
+        ),
+        (
+            "beta1",
+            Chart {
+                title: "Adam beta1(k)".into(),
+                x_label: "training step k".into(),
+                y_label: "beta1".into(),
+                series: vec![over_steps("", &|k| momentum.beta1(k))],
+                log_y: false,
+            },
+        ),
+        (
+            "lr",
+            Chart {
+                title: "Learning rate lr(k) (warm-up x compensation)".into(),
+                x_label: "training step k".into(),
+                y_label: "learning rate".into(),
+                // WarmupLr counts steps from 1.
+                series: vec![over_steps("", &|k| lr.at(k + 1))],
+                log_y: false,
+            },
+        ),
+    ])
+}
+
+/// The run folder's metrics log.
+pub fn metrics_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("metrics.jsonl")
+}
+
+/// The folder the run's charts go to.
+pub fn plots_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("plots")
+}
+
+/// The numeric `field` of every `event` line of a metrics log, as (step, value).
+fn logged(lines: &[serde_json::Value], event: &str, field: &str) -> Vec<(f64, f64)> {
+    lines
+        .iter()
+        .filter(|l| l["event"] == event)
+        .filter_map(|l| Some((l["step"].as_f64()?, l[field].as_f64()?)))
+        .collect()
+}
+
+/// Charts of a run's logged curves: loss, learning rate, beta1 and mean t/T against step.
+pub fn run_charts(run_dir: &Path) -> Result<Vec<(&'static str, Chart)>> {
+    let path = metrics_path(run_dir);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{} line {}: not a JSON object", path.display(), i + 1))
+        })
+        .collect::<Result<Vec<serde_json::Value>>>()?;
+    let chart = |title: &str, y_label: &str, field: &str, log_y: bool| Chart {
+        title: title.into(),
+        x_label: "training step".into(),
+        y_label: y_label.into(),
+        series: vec![Series {
+            name: String::new(),
+            points: logged(&lines, "log", field),
+        }],
+        log_y,
+    };
+    let charts = vec![
+        (
+            "loss",
+            chart(
+                "Training loss (mean over each log window)",
+                "loss",
+                "loss",
+                true,
+            ),
+        ),
+        ("lr", chart("Learning rate", "learning rate", "lr", false)),
+        ("beta1", chart("Adam beta1", "beta1", "beta1", false)),
+        (
+            "mean_t",
+            chart(
+                "Mean t / T of the drawn timesteps",
+                "mean t / T",
+                "mean_t_over_T",
+                false,
+            ),
+        ),
+    ];
+    if charts[0].1.points().next().is_none() {
+        bail!("{}: no training log lines to plot yet", path.display());
+    }
+    Ok(charts)
+}
+
+/// Redraws a run's charts into its `plots/` folder and returns their paths.
+pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    save_all(&run_charts(run_dir)?, &plots_dir(run_dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dark_pixels(img: &image::RgbImage) -> usize {
+        img.pixels()
+            .filter(|p| p.0.iter().all(|&c| c < 128))
+            .count()
+    }
+
+    #[test]
+    fn charts_draw_lines_and_text() {
+        let empty = Chart {
+            title: String::new(),
+            x_label: String::new(),
+            y_label: String::new(),
+            series: vec![Series {
+                name: String::new(),
+                points: vec![(0.0, 1.0), (1.0, 2.0)],
+            }],
+            log_y: false,
+        };
+        let labelled = Chart {
+            title: "A title".into(),
+            x_label: "x axis".into(),
+            y_label: "y axis".into(),
+            series: vec![Series {
+                name: "a curve".into(),
+                ..empty.series[0].clone()
+            }],
+            ..empty.clone()
+        };
+        let plain = empty.render().unwrap();
+        let text = labelled.render().unwrap();
+        assert_eq!(plain.dimensions(), (WIDTH, HEIGHT));
+        // The curve is drawn in the first palette colour.
+        assert!(plain.pixels().any(|p| p.0 == [31, 119, 180]));
+        // Captions, axis names and the legend put dark glyph pixels on the canvas.
+        assert!(dark_pixels(&text) > dark_pixels(&plain) + 200);
+    }
+
+    #[test]
+    fn a_log_chart_skips_non_positive_values_and_empty_charts_are_errors() {
+        let chart = Chart {
+            title: "log".into(),
+            x_label: "step".into(),
+            y_label: "loss".into(),
+            series: vec![Series {
+                name: String::new(),
+                points: vec![(0.0, 0.0), (1.0, 1.0), (2.0, 0.01), (3.0, f64::NAN)],
+            }],
+            log_y: true,
+        };
+        chart.render().unwrap();
+        let nothing = Chart {
+            series: vec![Series {
+                name: String::new(),
+                points: vec![(0.0, -1.0)],
+            }],
+            ..chart
+        };
+        let err = nothing.render().unwrap_err().to_string();
+        assert!(err.contains("no finite points"), "{err}");
+    }
+
+    #[test]
+    fn tick_labels_stay_short() {
+        assert_eq!(tick(0.0), "0");
+        assert_eq!(tick(0.25), "0.25");
+        assert_eq!(tick(2e-4), "2.00e-4");
+        assert_eq!(tick(50000.0), "50000");
+    }
+
+    #[test]
+    fn the_timestep_chart_shows_the_curriculum_while_it_moves() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
+        let config = RunConfig::load(&dir.join("cifar10-clts.toml")).unwrap();
+        let charts = schedule_charts(&config).unwrap();
+        let curves = &charts[0].1.series;
+        // The ramp lasts 50k of 800k steps: curves at 0, 12.5k, 25k, 37.5k and from 50k on.
+        let names: Vec<&str> = curves.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["k = 0", "k = 12500", "k = 25000", "k = 37500", "k >= 50000"]
+        );
+        // Uniform at the start (T x p = 1), most mass near t = 0.3 T at the end.
+        assert!(
+            curves[0]
+                .points
+                .iter()
+                .all(|&(_, y)| (y - 1.0).abs() < 1e-9)
+        );
+        let peak = curves[4]
+            .points
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap();
+        assert!((peak.0 - 300.0).abs() <= 1.0, "{peak:?}");
+        let baseline = RunConfig::load(&dir.join("cifar10-baseline.toml")).unwrap();
+        let uniform = &schedule_charts(&baseline).unwrap()[0].1.series;
+        assert_eq!(uniform.len(), 1);
+        assert_eq!(uniform[0].name, "every step k");
+    }
+
+    #[test]
+    fn sampled_steps_cover_the_run() {
+        assert_eq!(sample_steps(5), vec![0, 1, 2, 3, 4]);
+        let ks = sample_steps(100_000);
+        assert!(ks.len() <= CURVE_POINTS as usize + 1);
+        assert_eq!((ks[0], *ks.last().unwrap()), (0, 99_999));
+    }
+
+    #[test]
+    fn run_charts_read_the_log_lines_and_name_a_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = metrics_path(dir.path());
+        std::fs::write(
+            &metrics,
+            concat!(
+                r#"{"event":"log","step":10,"loss":0.5,"lr":1e-4,"beta1":0.9,"mean_t_over_T":0.5}"#,
+                "\n",
+                r#"{"event":"log","step":20,"loss":0.2,"lr":2e-4,"beta1":0.8,"mean_t_over_T":0.4}"#,
+                "\n",
+                r#"{"event":"checkpoint","step":20,"loss":0.35}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let charts = run_charts(dir.path()).unwrap();
+        let loss = &charts.iter().find(|(n, _)| *n == "loss").unwrap().1;
+        assert_eq!(loss.series[0].points, vec![(10.0, 0.5), (20.0, 0.2)]);
+        let paths = plot_run(dir.path()).unwrap();
+        assert_eq!(paths.len(), 4);
+        for path in paths {
+            assert_eq!(image::open(&path).unwrap().width(), WIDTH);
+        }
+        std::fs::write(&metrics, "{\"event\":\"log\"\nnot json\n").unwrap();
+        let err = format!("{:#}", run_charts(dir.path()).unwrap_err());
+        assert!(err.contains("metrics.jsonl line 1"), "{err}");
+    }
+}
