@@ -105,6 +105,19 @@ impl Cifar10 {
 /// Reads and checks one batch file: a whole number of records, no more than an official file
 /// holds, and labels in 0..10.
 fn read_batch_file(path: &Path) -> Result<Vec<u8>, DataError> {
+    // Refuse an oversized file before reading it: a wrong file under an official name could be
+    // many gigabytes.
+    let size = std::fs::metadata(path)
+        .map_err(|e| DataError::io(path, e))?
+        .len();
+    let max = (RECORDS_PER_FILE * RECORD_BYTES) as u64;
+    if size > max {
+        return Err(DataError::TooManyRecords {
+            path: path.to_path_buf(),
+            records: (size / RECORD_BYTES as u64) as usize,
+            max: RECORDS_PER_FILE,
+        });
+    }
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if bytes.is_empty() || bytes.len() % RECORD_BYTES != 0 {
         return Err(DataError::BadSize {
@@ -234,6 +247,53 @@ mod tests {
             msg.contains("record 1") && msg.contains("label 12"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_huge_file_is_refused_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // 64 GB, sparse: reading it first would exhaust memory (and take minutes).
+        let file = std::fs::File::create(dir.path().join("data_batch_2.bin")).unwrap();
+        file.set_len(64 << 30).unwrap();
+        let err = Cifar10::open(dir.path(), Split::Train).unwrap_err();
+        assert!(matches!(err, DataError::TooManyRecords { .. }), "{err}");
+        assert!(err.to_string().contains("data_batch_2.bin"), "{err}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Whatever bytes sit in a batch file, opening it returns an error or a dataset whose
+        /// every record reads; it never panics. Lengths cluster near whole records so the
+        /// label checks and the size checks both get exercised.
+        #[test]
+        fn any_batch_file_is_read_or_refused_without_panicking(
+            records in 0usize..4,
+            extra in proptest::prop_oneof![proptest::strategy::Just(0usize), 0usize..RECORD_BYTES],
+            seed in proptest::prelude::any::<u64>(),
+            label_bias in 0u8..3,
+        ) {
+            let mut state = seed | 1;
+            let mut bytes: Vec<u8> = (0..records * RECORD_BYTES + extra)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            // Mostly valid labels, sometimes not.
+            for chunk in bytes.chunks_mut(RECORD_BYTES) {
+                chunk[0] %= 10 + label_bias * 100;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("data_batch_1.bin"), &bytes).unwrap();
+            if let Ok(data) = Cifar10::open(dir.path(), Split::Train) {
+                proptest::prop_assert_eq!(data.len(), records);
+                for i in 0..data.len() {
+                    proptest::prop_assert!(data.get(i).unwrap().label < 10);
+                }
+            }
+        }
     }
 
     #[test]

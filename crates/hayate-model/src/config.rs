@@ -124,6 +124,28 @@ impl UNetConfig {
         if self.base_channels == 0 || self.channel_mult.contains(&0) {
             return err("base_channels and every channel_mult must be positive".into());
         }
+        // Bounds far beyond any real network, so that a typo gives an error instead of an
+        // overflow or an allocation of terabytes.
+        for (name, value, max) in [
+            ("base_channels", self.base_channels, 8192),
+            (
+                "channel_mult entries",
+                *self.channel_mult.iter().max().expect("non-empty"),
+                64,
+            ),
+            (
+                "the number of channel_mult levels",
+                self.channel_mult.len(),
+                12,
+            ),
+            ("num_res_blocks", self.num_res_blocks, 64),
+            ("image_channels", self.image_channels, 64),
+            ("resolution", self.resolution, 8192),
+        ] {
+            if value > max {
+                return err(format!("{name} ({value}) must be at most {max}"));
+            }
+        }
         if !self.base_channels.is_multiple_of(2) {
             return err(format!(
                 "base_channels ({}) must be even for the sinusoidal timestep embedding",

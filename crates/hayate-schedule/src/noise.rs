@@ -44,11 +44,16 @@ pub struct NoiseSchedule {
 }
 
 impl NoiseSchedule {
+    /// The most steps a schedule may have (DDPM uses 1000; beyond this the tables only cost
+    /// memory).
+    pub const MAX_STEPS: usize = 100_000;
+
     /// Builds `steps` (T) betas of the given kind.
     pub fn new(kind: BetaSchedule, steps: usize) -> Result<Self, ScheduleError> {
-        if steps < 2 {
+        if !(2..=Self::MAX_STEPS).contains(&steps) {
             return Err(ScheduleError(format!(
-                "needs at least 2 steps, got {steps}"
+                "needs 2 to {} steps, got {steps}",
+                Self::MAX_STEPS
             )));
         }
         let betas: Vec<f64> = match kind {

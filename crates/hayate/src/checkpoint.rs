@@ -84,13 +84,19 @@ impl Checkpoint {
             version == VERSION,
             "checkpoint format version {version}, expected {VERSION}"
         );
-        let json_len = u64::from_le_bytes(body[12..20].try_into().expect("8 bytes")) as usize;
-        let json = body.get(20..20 + json_len).context("truncated metadata")?;
+        let json_len = u64::from_le_bytes(body[12..20].try_into().expect("8 bytes"));
+        let json = usize::try_from(json_len)
+            .ok()
+            .and_then(|n| body.get(20..20usize.checked_add(n)?))
+            .context("truncated metadata")?;
         let meta: CheckpointMeta = serde_json::from_slice(json).context("bad metadata")?;
-        let mut offset = 20 + json_len;
+        let mut offset = 20 + json.len();
         let mut sections = Vec::new();
         for (name, len) in &meta.sections {
-            let end = offset + *len as usize;
+            let end = usize::try_from(*len)
+                .ok()
+                .and_then(|n| offset.checked_add(n))
+                .context("truncated section")?;
             let data = body.get(offset..end).context("truncated section")?;
             sections.push((name.clone(), data.to_vec()));
             offset = end;
@@ -120,6 +126,40 @@ impl Checkpoint {
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
         Self::decode(&bytes).with_context(|| format!("checkpoint {}", path.display()))
+    }
+
+    /// The newest checkpoint in `dir` that loads and verifies, with its path (or the file itself
+    /// when `dir` is a checkpoint file). Newer files that fail to verify are skipped with a
+    /// warning naming them, so one damaged file does not strand a run.
+    pub fn load_newest_valid(dir: &Path) -> Result<(PathBuf, Self)> {
+        if dir.is_file() {
+            return Ok((dir.to_path_buf(), Self::load(dir)?));
+        }
+        let found = list(dir)?;
+        let mut failures = Vec::new();
+        for path in found.iter().rev() {
+            match Self::load(path) {
+                Ok(checkpoint) => {
+                    for failure in &failures {
+                        eprintln!("warning: skipped a damaged checkpoint: {failure:#}");
+                    }
+                    return Ok((path.clone(), checkpoint));
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        match failures.is_empty() {
+            true => bail!("no checkpoint (ckpt-*.hayate) in {}", dir.display()),
+            false => bail!(
+                "no checkpoint in {} verifies: {}",
+                dir.display(),
+                failures
+                    .iter()
+                    .map(|e| format!("{e:#}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        }
     }
 
     /// The newest checkpoint in `dir` (a checkpoint file, or a run folder).
@@ -224,5 +264,65 @@ mod tests {
         assert!(Checkpoint::load(&path).is_err());
         std::fs::write(&path, b"short").unwrap();
         assert!(Checkpoint::load(&path).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+        /// A checkpoint cut short or with bytes changed (and, half the time, its checksum
+        /// recomputed so the parser behind it is reached) loads or fails with an error; it
+        /// never panics.
+        #[test]
+        fn damaged_checkpoints_fail_cleanly(
+            cut in proptest::prelude::any::<usize>(),
+            flips in proptest::collection::vec(
+                (proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()),
+                0..6,
+            ),
+            rechecksum in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = sample(7).encode();
+            bytes.truncate(cut % (bytes.len() + 1));
+            let len = bytes.len();
+            for (at, value) in flips {
+                if len > 0 {
+                    bytes[at % len] = value;
+                }
+            }
+            if rechecksum && len > 32 {
+                let digest = Sha256::digest(&bytes[..len - 32]);
+                bytes[len - 32..].copy_from_slice(&digest);
+            }
+            let _ = Checkpoint::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn the_newest_valid_checkpoint_is_found_past_damaged_and_partial_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for step in [10, 20, 30] {
+            sample(step).save(dir.path(), 3).unwrap();
+        }
+        // A write that died half way leaves only the temporary file; a damaged newest file
+        // (bit rot, a copy cut short) fails its checksum.
+        let newest = Checkpoint::latest(dir.path()).unwrap();
+        let bytes = std::fs::read(&newest).unwrap();
+        std::fs::write(dir.path().join(".ckpt-000000040.hayate.tmp"), &bytes[..100]).unwrap();
+        std::fs::write(&newest, &bytes[..bytes.len() - 1]).unwrap();
+        let (path, loaded) = Checkpoint::load_newest_valid(dir.path()).unwrap();
+        assert_eq!(loaded.step(), 20);
+        assert!(path.ends_with("ckpt-000000020.hayate"));
+        for step in [10, 20] {
+            std::fs::write(dir.path().join(format!("ckpt-{step:09}.hayate")), b"junk").unwrap();
+        }
+        let msg = format!(
+            "{:#}",
+            Checkpoint::load_newest_valid(dir.path()).unwrap_err()
+        );
+        assert!(
+            msg.contains("no checkpoint in") && msg.contains("ckpt-000000010"),
+            "{msg}"
+        );
+        let empty = tempfile::tempdir().unwrap();
+        assert!(Checkpoint::load_newest_valid(empty.path()).is_err());
     }
 }

@@ -48,6 +48,10 @@ pub enum Command {
         /// Continue from the newest checkpoint in the run folder.
         #[arg(long)]
         resume: bool,
+        /// With --resume: accept a config that changes the run (lr, schedule, model...); the
+        /// changes are listed and logged. Without it such a resume is refused.
+        #[arg(long, requires = "resume")]
+        allow_config_change: bool,
     },
     /// Write a grid of samples from a checkpoint's EMA weights.
     Sample {
@@ -147,6 +151,7 @@ pub fn run(cli: Cli) -> Result<()> {
             steps,
             seed,
             resume,
+            allow_config_change,
         } => {
             let mut run_config = RunConfig::load(&config)?;
             if let Some(steps) = steps {
@@ -170,6 +175,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     data_dir,
                     out: out.clone(),
                     resume,
+                    allow_config_change,
                 },
                 &device,
             )?;
@@ -194,8 +200,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if n == 0 {
                 bail!("--n must be positive");
             }
-            let path = Checkpoint::latest(&checkpoint)?;
-            let loaded = Checkpoint::load(&path)?;
+            let (path, loaded) = Checkpoint::load_newest_valid(&checkpoint)?;
             let config = &loaded.meta.config;
             let schedule = config.diffusion.schedule()?;
             if steps == 0 || steps > schedule.steps() {
@@ -264,6 +269,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     data_dir,
                     out: out.clone(),
                     resume: false,
+                    allow_config_change: false,
                 },
                 &device,
             );

@@ -270,8 +270,12 @@ impl RunConfig {
         if t.steps == 0 {
             bail!("train.steps must be positive");
         }
-        if t.batch_size == 0 {
-            bail!("train.batch_size must be positive");
+        // The upper bounds turn a typo into an error instead of an allocation failure.
+        if !(1..=65_536).contains(&t.batch_size) {
+            bail!(
+                "train.batch_size must be in 1..=65536, got {}",
+                t.batch_size
+            );
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             bail!("train.lr must be positive, got {}", t.lr);
@@ -316,9 +320,12 @@ impl RunConfig {
             );
         }
         let s = &self.sampling;
-        if s.grid_images == 0 || s.ddim_steps == 0 || s.ddim_steps > self.diffusion.timesteps {
+        if !(1..=4096).contains(&s.grid_images)
+            || s.ddim_steps == 0
+            || s.ddim_steps > self.diffusion.timesteps
+        {
             bail!(
-                "sampling: grid_images must be positive and ddim_steps in 1..={}",
+                "sampling: grid_images must be in 1..=4096 and ddim_steps in 1..={}",
                 self.diffusion.timesteps
             );
         }
@@ -328,10 +335,95 @@ impl RunConfig {
         Ok(())
     }
 
+    /// Settings of `self` that fit together badly without being contradictory, as
+    /// human-readable warnings (a curriculum or warm-up longer than the run, say: legitimate
+    /// for a shortened trial run, a mistake otherwise).
+    pub fn warnings(&self) -> Vec<String> {
+        let t = &self.train;
+        let mut out = Vec::new();
+        let mut longer = |name: &str, end: u64| {
+            if end > t.steps {
+                out.push(format!(
+                    "{name} ({end}) is past the end of the run (train.steps = {}): it will not \
+                     complete",
+                    t.steps
+                ));
+            }
+        };
+        longer("train.warmup_steps", t.warmup_steps);
+        if let Some(m) = &t.momentum {
+            longer("train.momentum.k_end", m.k_end);
+        }
+        if let TimestepSamplerConfig::Clts { ramp_steps, .. } = self.diffusion.timestep_sampler {
+            longer("diffusion.timestep_sampler.ramp_steps", ramp_steps);
+        }
+        out
+    }
+
+    /// The settings that differ between `self` (a checkpoint's config) and `now` and that change
+    /// a run's numbers, as "path: old -> new". The run's length, logging, retention, data
+    /// folder and sample grids may change on resume; nothing else may without consent.
+    pub fn differences(&self, now: &RunConfig) -> Vec<String> {
+        const MAY_CHANGE: [&str; 5] = [
+            "train.steps",
+            "train.log_every",
+            "train.keep_checkpoints",
+            "data.dir",
+            "sampling.",
+        ];
+        let (old, new) = (flatten(self), flatten(now));
+        let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        let missing = serde_json::Value::Null;
+        keys.into_iter()
+            .filter(|k| !MAY_CHANGE.iter().any(|m| k.starts_with(m)))
+            .filter_map(|k| {
+                let (a, b) = (
+                    old.get(k).unwrap_or(&missing),
+                    new.get(k).unwrap_or(&missing),
+                );
+                (a != b).then(|| format!("{k}: {a} -> {b}"))
+            })
+            .collect()
+    }
+
     /// The resolved config as TOML, for the run folder and `hayate info`.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a RunConfig always serialises")
     }
+}
+
+/// Every leaf setting of `config` by its dotted path (`train.momentum.k_end`).
+fn flatten(config: &RunConfig) -> std::collections::BTreeMap<String, serde_json::Value> {
+    fn walk(
+        prefix: &str,
+        value: serde_json::Value,
+        out: &mut std::collections::BTreeMap<String, serde_json::Value>,
+    ) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let path = if prefix.is_empty() {
+                        k
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&path, v, out);
+                }
+            }
+            leaf => {
+                out.insert(prefix.to_string(), leaf);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(
+        "",
+        serde_json::to_value(config).expect("a RunConfig always serialises"),
+        &mut out,
+    );
+    out
 }
 
 #[cfg(test)]
@@ -370,5 +462,171 @@ mod tests {
         assert!(err(&format!("{base}[train]\nbatch_size = \"big\"\n")).contains("batch_size"));
         assert!(err(&format!("{base}[model]\n")).contains("model"));
         assert!(err("[model]\npreset = \"tiny\"\nnorm_groups = 7\n").contains("norm_groups"));
+        assert!(err(&format!("{base}[train]\nbeta2 = -0.1\n")).contains("train.beta2"));
+        assert!(err(&format!("{base}[train]\nsteps = 0\n")).contains("train.steps"));
+        let clts = "[diffusion]\ntimestep_sampler = { kind = \"clts\", mu = 1.5, sigma = 0.1, \
+                    lambda_max = 0.5, ramp_steps = 10 }\n";
+        assert!(err(&format!("{base}{clts}")).contains("mu must be in [0, 1]"));
+        let decay = "[train]\nmomentum = { beta_end = 0.5, k_start = 20, k_end = 10, \
+                     shape = \"linear\", compensation = \"none\" }\n";
+        assert!(err(&format!("{base}{decay}")).contains("k_end (10) must not come before"));
+    }
+
+    /// Values that break parsers: wrong types, out of range, non-finite, huge, nested.
+    const ODD_VALUES: [&str; 16] = [
+        "-1",
+        "0",
+        "1",
+        "1e400",
+        "nan",
+        "-inf",
+        "\"x\"",
+        "[1, 2]",
+        "[]",
+        "{ kind = \"clts\" }",
+        "{ kind = \"speed\", tau = 0, k = 1.0 }",
+        "true",
+        "18446744073709551615",
+        "4000000000",
+        "0.5",
+        "",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+        /// Any text parses to a valid config or gives an error; it never panics.
+        #[test]
+        fn any_text_parses_or_fails_cleanly(text in "(\\[[a-z]{1,9}\\]\n)?([a-z_]{1,12} = [-0-9a-z.\"\\[\\], {}=]{0,20}\n){0,6}") {
+            let _ = RunConfig::parse(&text);
+        }
+
+        /// An experiment file with one value replaced by an odd one parses to a config that
+        /// validates and round-trips, or gives an error naming a setting; it never panics.
+        #[test]
+        fn mutated_experiment_files_parse_or_fail_cleanly(
+            file in 0usize..64,
+            line in 0usize..64,
+            value in 0usize..ODD_VALUES.len(),
+        ) {
+            let text = experiment_text(file);
+            let lines: Vec<&str> = text.lines().collect();
+            let settings: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].contains(" = ")).collect();
+            let target = settings[line % settings.len()];
+            let key = lines[target].split(" = ").next().unwrap();
+            let mutated: String = lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| if i == target { format!("{key} = {}\n", ODD_VALUES[value]) } else { format!("{l}\n") })
+                .collect();
+            check_parse(&mutated)?;
+        }
+
+        /// The same with a setting the experiment files leave at its default (model overrides,
+        /// sizes, steps) given an odd value.
+        #[test]
+        fn odd_optional_settings_parse_or_fail_cleanly(
+            file in 0usize..64,
+            setting in 0usize..OPTIONAL.len(),
+            value in 0usize..ODD_VALUES.len(),
+        ) {
+            let (section, key) = OPTIONAL[setting];
+            let header = format!("[{section}]");
+            let mut mutated = String::new();
+            for line in experiment_text(file).lines() {
+                if line.starts_with(&format!("{key} =")) {
+                    continue;
+                }
+                mutated.push_str(line);
+                mutated.push('\n');
+                if line == header {
+                    mutated.push_str(&format!("{key} = {}\n", ODD_VALUES[value]));
+                }
+            }
+            check_parse(&mutated)?;
+        }
+    }
+
+    /// Settings the fuzz tests add to an experiment file, by section.
+    const OPTIONAL: [(&str, &str); 14] = [
+        ("model", "base_channels"),
+        ("model", "channel_mult"),
+        ("model", "num_res_blocks"),
+        ("model", "attention_resolutions"),
+        ("model", "dropout"),
+        ("model", "norm_groups"),
+        ("diffusion", "timesteps"),
+        ("diffusion", "timestep_sampler"),
+        ("diffusion", "loss_weight"),
+        ("train", "batch_size"),
+        ("train", "steps"),
+        ("train", "momentum"),
+        ("sampling", "grid_images"),
+        ("sampling", "ddim_steps"),
+    ];
+
+    /// The text of experiment file number `index` (modulo their count), in name order.
+    fn experiment_text(index: usize) -> String {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        std::fs::read_to_string(&files[index % files.len()]).unwrap()
+    }
+
+    /// A parsed config validates, builds its schedules and network plan and round-trips; an
+    /// error has a message.
+    fn check_parse(text: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+        match RunConfig::parse(text) {
+            Ok(config) => {
+                config.validate().unwrap();
+                config.model.resolve().unwrap().forward_flops();
+                config.warnings();
+                proptest::prop_assert_eq!(RunConfig::parse(&config.to_toml()).unwrap(), config);
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                proptest::prop_assert!(!message.is_empty());
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn settings_that_do_not_complete_within_the_run_are_warned_about() {
+        let config = RunConfig::parse(
+            "[model]\npreset = \"tiny\"\n[train]\nsteps = 100\nwarmup_steps = 500\n\
+             momentum = { beta_end = 0.5, k_start = 10, k_end = 90, shape = \"linear\", \
+             compensation = \"none\" }\n",
+        )
+        .unwrap();
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("train.warmup_steps (500)"));
+    }
+
+    #[test]
+    fn differences_name_each_changed_setting_and_ignore_the_harmless_ones() {
+        let a = RunConfig::parse("[model]\npreset = \"tiny\"\n").unwrap();
+        let mut b = a.clone();
+        assert!(a.differences(&b).is_empty());
+        b.train.steps += 10;
+        b.train.log_every += 1;
+        b.sampling.grid_images += 1;
+        assert!(a.differences(&b).is_empty());
+        b.train.lr *= 2.0;
+        b.model.dropout = Some(0.3);
+        let diff = a.differences(&b);
+        assert_eq!(diff.len(), 2, "{diff:?}");
+        assert!(
+            diff[0].starts_with("model.dropout: null -> 0.3"),
+            "{diff:?}"
+        );
+        assert!(
+            diff[1].starts_with("train.lr: 0.0002 -> 0.0004"),
+            "{diff:?}"
+        );
     }
 }

@@ -49,6 +49,10 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// Continue from the newest checkpoint in `out`.
     pub resume: bool,
+    /// On resume, accept a config that differs from the checkpoint's in settings that change
+    /// the run (they are listed, and logged to metrics.jsonl); otherwise such a resume is
+    /// refused.
+    pub allow_config_change: bool,
 }
 
 /// What a finished run reports.
@@ -124,17 +128,39 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
     std::fs::create_dir_all(out.join("samples"))
         .with_context(|| format!("cannot create run folder {}", out.display()))?;
 
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let resume_from = if options.resume {
-        let path = Checkpoint::latest(out)?;
-        let checkpoint = Checkpoint::load(&path)?;
-        refuse_incompatible(&checkpoint.meta.config, config)?;
+        let (path, checkpoint) = Checkpoint::load_newest_valid(out)?;
+        let changes = checkpoint.meta.config.differences(config);
+        if !changes.is_empty() && !options.allow_config_change {
+            bail!(
+                "the config differs from the one {} was trained with, in settings that change \
+                 the run:\n  {}\nresume with the run folder's config.toml, or pass \
+                 --allow-config-change to accept the change",
+                path.display(),
+                changes.join("\n  ")
+            );
+        }
         eprintln!(
             "resuming from {} (step {})",
             path.display(),
             checkpoint.step()
         );
         forget_metrics_after(out, checkpoint.step())?;
-        Some(checkpoint)
+        if !changes.is_empty() {
+            eprintln!("config changed on resume: {}", changes.join("; "));
+            append_metrics(
+                out,
+                &serde_json::json!({
+                    "event": "config_change",
+                    "step": checkpoint.step(),
+                    "changes": changes,
+                }),
+            )?;
+        }
+        Some((path, checkpoint))
     } else {
         if Checkpoint::latest(out).is_ok() {
             bail!(
@@ -142,6 +168,8 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
                 out.display()
             );
         }
+        // Lines of an earlier attempt that died before its first checkpoint.
+        forget_metrics_after(out, 0)?;
         None
     };
     write_atomic(&out.join("config.toml"), config.to_toml().as_bytes())?;
@@ -176,7 +204,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
         beta2: config.train.beta2,
         epsilon: config.train.adam_eps,
     });
-    let start_step = resume_from.as_ref().map_or(0, Checkpoint::step);
+    let start_step = resume_from.as_ref().map_or(0, |(_, c)| c.step());
     let scheduler = WarmupLr {
         lr: config.train.lr,
         warmup: config.train.warmup_steps,
@@ -187,7 +215,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
 
     let inner_device = device.clone();
     let (state, ema) = match &resume_from {
-        Some(checkpoint) => {
+        Some((_, checkpoint)) => {
             learner.load_model(record_from(checkpoint.section("model")?, "model")?);
             learner.load_optim(record_from(checkpoint.section("optimizer")?, "optimizer")?);
             let ema = Ema {
@@ -245,7 +273,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
                 interval_losses: Vec::new(),
                 interval_images_per_second: Vec::new(),
                 images_per_second: 0.0,
-                checkpoint: None,
+                checkpoint: resume_from.map(|(path, _)| path),
             },
             error: None,
         })),
@@ -286,40 +314,6 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
         return Err(error);
     }
     Ok(run.report)
-}
-
-/// Refuses to resume with a config that would change the run's model or process.
-fn refuse_incompatible(saved: &RunConfig, now: &RunConfig) -> Result<()> {
-    let mut differing = Vec::new();
-    if saved.model != now.model {
-        differing.push("model");
-    }
-    if saved.diffusion != now.diffusion {
-        differing.push("diffusion");
-    }
-    // The run's length and its logging and retention may change on resume; nothing that
-    // changes the numbers may.
-    let comparable = |t: &crate::config::TrainConfig| crate::config::TrainConfig {
-        steps: 0,
-        log_every: 1,
-        keep_checkpoints: 1,
-        ..t.clone()
-    };
-    if comparable(&saved.train) != comparable(&now.train) {
-        differing.push("train (other than steps, log_every, keep_checkpoints)");
-    }
-    if saved.data.random_flip != now.data.random_flip || saved.data.dataset != now.data.dataset {
-        differing.push("data");
-    }
-    if differing.is_empty() {
-        Ok(())
-    } else {
-        bail!(
-            "the config differs from the checkpoint's in: {}; resume with the run folder's \
-             config.toml",
-            differing.join(", ")
-        )
-    }
 }
 
 /// Everything the strategy owns during the run.
@@ -372,6 +366,7 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
         let mut images = 0usize;
         let first_step = run.report.step;
         let mut window = LogWindow::default();
+        let mut unread: Option<(u64, Tensor<1>)> = None;
 
         while run.report.step < total && !interrupter.should_stop() {
             let epoch = (run.report.step / every) as usize + 1;
@@ -380,7 +375,7 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                 total_items: loader.num_items(),
             }));
             let started = Instant::now();
-            let mut loss_sum: Option<Tensor<1>> = None;
+            let mut interval_loss = 0.0;
             let mut steps_in_interval = 0u64;
             let mut images_in_interval = 0usize;
             let mut iter = loader.iter();
@@ -397,23 +392,38 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                 learner.optimizer_step(output.grads);
                 let step = run.source.lock().expect("batch source lock").state.step;
                 run.ema.update(&learner.model().unet, step - 1);
-                let loss = output.item.loss.clone().without_autodiff();
-                loss_sum = Some(match loss_sum.take() {
-                    Some(sum) => sum + loss,
-                    None => loss,
-                });
                 images_in_interval += output.item.images;
                 steps_in_interval += 1;
                 run.report.step = step;
                 output.item.beta1 = momentum.beta1(step - 1);
                 window.add(&output.item);
-                if step.is_multiple_of(log_every) || step == total {
-                    let line = window.take_line(step, learner.lr_current().base());
-                    if let Err(e) = append_metrics(&run.out, &line) {
-                        interrupter.stop(Some(&format!("{e:#}")));
-                        run.error = Some(e);
-                        break;
+                // The loss is read one step late, so the host never waits for the step it has
+                // just launched, except where a log line needs the newest value.
+                let log_now = step.is_multiple_of(log_every) || step == total;
+                let loss = output.item.loss.clone().without_autodiff();
+                let mut read = vec![];
+                read.extend(unread.replace((step, loss)));
+                if log_now {
+                    read.extend(unread.take());
+                }
+                let checked = read.into_iter().try_for_each(|(s, loss)| {
+                    let value = finite_loss(s, loss, run.report.checkpoint.as_deref())?;
+                    interval_loss += value;
+                    window.add_loss(value);
+                    Ok(())
+                });
+                let logged = checked.and_then(|()| {
+                    if log_now {
+                        let line = window.take_line(step, learner.lr_current().base());
+                        append_metrics(&run.out, &line)
+                    } else {
+                        Ok(())
                     }
+                });
+                if let Err(e) = logged {
+                    interrupter.stop(Some(&format!("{e:#}")));
+                    run.error = Some(e);
+                    break;
                 }
                 let item = TrainingItem::new(
                     output.item,
@@ -427,12 +437,21 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                     break;
                 }
             }
+            if let Some((s, loss)) = unread.take()
+                && run.error.is_none()
+            {
+                match finite_loss(s, loss, run.report.checkpoint.as_deref()) {
+                    Ok(value) => {
+                        interval_loss += value;
+                        window.add_loss(value);
+                    }
+                    Err(e) => run.error = Some(e),
+                }
+            }
             if run.error.is_some() {
                 break;
             }
-            let mean_loss = loss_sum
-                .map(|s| s.into_scalar::<f32>() as f64 / steps_in_interval.max(1) as f64)
-                .unwrap_or(f64::NAN);
+            let mean_loss = interval_loss / steps_in_interval.max(1) as f64;
             // Reading the loss waits for the device, so the time includes all the interval's work.
             let elapsed = started.elapsed();
             train_time += elapsed;
@@ -455,6 +474,17 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                     end_of_interval(&mut run, epoch, mean_loss)
                 });
             if let Err(e) = saved {
+                let kept = match &run.report.checkpoint {
+                    Some(path) => format!(
+                        "the newest complete checkpoint, {}, is intact",
+                        path.display()
+                    ),
+                    None => "no checkpoint had been completed yet".into(),
+                };
+                let e = e.context(format!(
+                    "checkpoint at step {} not written; {kept}",
+                    run.report.step
+                ));
                 interrupter.stop(Some(&format!("{e:#}")));
                 run.error = Some(e);
                 break;
@@ -540,7 +570,8 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
 /// The steps since the last `log` line of metrics.jsonl.
 #[derive(Default)]
 struct LogWindow {
-    loss: Option<Tensor<1>>,
+    loss: f64,
+    losses: u64,
     mean_t: f64,
     beta1: f64,
     steps: u64,
@@ -548,14 +579,15 @@ struct LogWindow {
 
 impl LogWindow {
     fn add(&mut self, item: &crate::step::DenoisingOutput) {
-        let loss = item.loss.clone().without_autodiff();
-        self.loss = Some(match self.loss.take() {
-            Some(sum) => sum + loss,
-            None => loss,
-        });
         self.mean_t += item.mean_t_over_t;
         self.beta1 = item.beta1;
         self.steps += 1;
+    }
+
+    /// Adds a step's loss once it has been read from the device.
+    fn add_loss(&mut self, loss: f64) {
+        self.loss += loss;
+        self.losses += 1;
     }
 
     /// The window's `log` line (mean loss and mean t/T over its steps; beta1 and `lr` of its
@@ -563,9 +595,7 @@ impl LogWindow {
     fn take_line(&mut self, step: u64, lr: f64) -> serde_json::Value {
         let window = std::mem::take(self);
         let n = window.steps.max(1) as f64;
-        let loss = window
-            .loss
-            .map_or(f64::NAN, |s| s.into_scalar::<f32>() as f64 / n);
+        let loss = window.loss / window.losses.max(1) as f64;
         serde_json::json!({
             "event": "log",
             "step": step,
@@ -575,6 +605,24 @@ impl LogWindow {
             "mean_t_over_T": window.mean_t / n,
         })
     }
+}
+
+/// Reads a step's loss from the device, or stops the run if it is not finite: the parameters
+/// are then poisoned, so no checkpoint may be written after it.
+fn finite_loss(step: u64, loss: Tensor<1>, last_good: Option<&Path>) -> Result<f64> {
+    let value = loss.into_scalar::<f32>() as f64;
+    if value.is_finite() {
+        return Ok(value);
+    }
+    let kept = match last_good {
+        Some(path) => format!(
+            "the last good checkpoint, {}, is kept: resume from it (--resume) after lowering \
+             train.lr or fixing the data, passing --allow-config-change to accept the change",
+            path.display()
+        ),
+        None => "no checkpoint had been written yet".into(),
+    };
+    bail!("the loss at step {step} is {value}: training stopped there; {kept}")
 }
 
 /// Appends one JSON line to the run's metrics.jsonl.
@@ -690,11 +738,6 @@ impl<R: BurnCheckpoint> Checkpointer<R> for Capture<R> {
             "hayate restores from its own checkpoint files (--resume)".into(),
         ))
     }
-}
-
-/// Reads a checkpoint's resolved config (for `hayate sample` and `info`).
-pub fn checkpoint_config(path: &Path) -> Result<RunConfig> {
-    Ok(Checkpoint::load(&Checkpoint::latest(path)?)?.meta.config)
 }
 
 /// Parameters of the network `config` describes (built on the CPU when available).

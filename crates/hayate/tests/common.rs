@@ -1,6 +1,12 @@
 //! Helpers shared by the trainer's integration tests.
 
+use burn::module::{ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
+use hayate::checkpoint::Checkpoint;
 use hayate::config::RunConfig;
+use hayate::step::DenoisingModel;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -66,4 +72,43 @@ ddim_steps = 2
 "#
     ))
     .expect("the test config is valid")
+}
+
+/// Every parameter value of a checkpoint's `model` (training) or `ema` network, in order.
+#[allow(dead_code)] // not every test file compares parameters
+pub fn parameters(checkpoint: &Checkpoint, section: &str) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.extend(param.val().into_data().iter::<f32>());
+        }
+    }
+    let device = Device::flex();
+    let config = checkpoint.meta.config.model.resolve().unwrap();
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(
+        checkpoint.section(section).unwrap().to_vec(),
+    ))
+    .unwrap();
+    let mut collect = Collect(Vec::new());
+    if section == "ema" {
+        config.init(&device).load_record(record).visit(&mut collect);
+    } else {
+        let model = DenoisingModel {
+            unet: config.init(&device),
+            grad_clip: 1.0,
+        };
+        model.load_record(record).visit(&mut collect);
+    }
+    collect.0
+}
+
+/// The lines of a run's metrics.jsonl whose event is `event`.
+#[allow(dead_code)] // not every test file reads metrics
+pub fn metrics(run: &Path, event: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["event"] == event)
+        .collect()
 }

@@ -3,13 +3,9 @@
 
 mod common;
 
-use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
-use burn::store::ModuleRecord;
-use burn::tensor::Bytes;
+use common::{metrics, parameters};
 use hayate::checkpoint::Checkpoint;
-
-use hayate::step::DenoisingModel;
 use hayate::train::{TrainOptions, train};
 use hayate_schedule::{Compensation, MomentumDecay, MomentumShape};
 
@@ -24,54 +20,31 @@ fn options(
         data_dir: Some(data.to_path_buf()),
         out: out.to_path_buf(),
         resume,
+        allow_config_change: false,
     }
 }
 
-/// Every parameter value of a checkpoint's `model` (training) or `ema` network, in order.
-fn parameters(checkpoint: &Checkpoint, section: &str) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.extend(param.val().into_data().iter::<f32>());
-        }
-    }
-    let device = Device::flex();
-    let config = checkpoint.meta.config.model.resolve().unwrap();
-    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(
-        checkpoint.section(section).unwrap().to_vec(),
+/// The shared CIFAR-10 folder (or `None`, with the reason printed), this binary's training lock
+/// and a scratch folder.
+fn setup() -> Option<(
+    std::path::PathBuf,
+    std::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+)> {
+    let data = common::shared_cifar10()?;
+    Some((
+        data,
+        common::one_run_at_a_time(),
+        tempfile::tempdir().unwrap(),
     ))
-    .unwrap();
-    let mut collect = Collect(Vec::new());
-    if section == "ema" {
-        config.init(&device).load_record(record).visit(&mut collect);
-    } else {
-        let model = DenoisingModel {
-            unet: config.init(&device),
-            grad_clip: 1.0,
-        };
-        model.load_record(record).visit(&mut collect);
-    }
-    collect.0
-}
-
-/// The lines of a run's metrics.jsonl whose event is `event`.
-fn metrics(run: &std::path::Path, event: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|l| l["event"] == event)
-        .collect()
 }
 
 #[test]
 fn trains_checkpoints_and_resumes_exactly() {
-    let Some(data) = common::shared_cifar10() else {
+    let Some((data, _serial, dir)) = setup() else {
         return;
     };
-    let _serial = common::one_run_at_a_time();
     let device = Device::flex();
-    let dir = tempfile::tempdir().unwrap();
 
     // Straight through: 24 steps, a checkpoint every 8.
     let straight = dir.path().join("straight");
@@ -185,21 +158,24 @@ fn trains_checkpoints_and_resumes_exactly() {
     assert_eq!((img.width(), img.height()), (2 * 34 + 2, 2 * 34 + 2));
 }
 
+/// The error of a run into `out` reading data from `data`, as text.
+fn failure(out: &std::path::Path, data: &std::path::Path) -> String {
+    let options = options(common::tiny_config(2, 1), out, data, false);
+    format!("{:#}", train(&options, &Device::flex()).unwrap_err())
+}
+
 #[test]
-fn a_missing_data_folder_is_a_clear_error() {
+fn unusable_folders_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("no-such-cifar");
-    let err = train(
-        &options(
-            common::tiny_config(2, 1),
-            &dir.path().join("run"),
-            &missing,
-            false,
-        ),
-        &Device::flex(),
-    )
-    .unwrap_err();
-    let msg = format!("{err:#}");
+    // A file where the run folder should be: its subfolders cannot be created.
+    let taken = dir.path().join("taken");
+    std::fs::write(&taken, b"not a folder").unwrap();
+    let msg = failure(&taken, dir.path());
+    assert!(
+        msg.contains("cannot create run folder") && msg.contains("taken"),
+        "{msg}"
+    );
+    let msg = failure(&dir.path().join("run"), &dir.path().join("no-such-cifar"));
     assert!(
         msg.contains("no-such-cifar") && msg.contains("data_batch_1.bin"),
         "{msg}"
@@ -212,12 +188,10 @@ fn a_missing_data_folder_is_a_clear_error() {
 /// follow their formulas, and the mean t/T falls as the curriculum moves mass to t = 0.3 T.
 #[test]
 fn curriculum_runs_resume_exactly_and_log_the_drawn_t() {
-    let Some(data) = common::shared_cifar10() else {
+    let Some((data, _serial, dir)) = setup() else {
         return;
     };
-    let _serial = common::one_run_at_a_time();
     let device = Device::flex();
-    let dir = tempfile::tempdir().unwrap();
     let diffusion = r#"
 timestep_sampler = { kind = "clts", mu = 0.3, sigma = 0.05, lambda_max = 1.0, ramp_steps = 8 }
 loss_weight = { kind = "min_snr", gamma = 5.0 }
@@ -262,4 +236,93 @@ loss_weight = { kind = "min_snr", gamma = 5.0 }
     assert_eq!(mean_t.len(), 6);
     assert!(mean_t[5] < mean_t[0], "{mean_t:?}");
     assert!((mean_t[4] + mean_t[5] - 0.6).abs() < 0.1, "{mean_t:?}");
+}
+
+/// Resuming with a config that changes the run is refused with the changed settings named;
+/// with consent it goes ahead, and a run whose loss stops being finite stops at that step,
+/// naming it and the last good checkpoint, which stays intact.
+#[test]
+fn config_changes_need_consent_and_a_diverging_run_stops_at_its_first_bad_step() {
+    let Some((data, _serial, dir)) = setup() else {
+        return;
+    };
+    let device = Device::flex();
+    let run = dir.path().join("run");
+    train(
+        &options(common::tiny_config(4, 4), &run, &data, false),
+        &device,
+    )
+    .unwrap();
+
+    let mut diverging = common::tiny_config(12, 4);
+    diverging.train.lr = 1e30;
+    let refused = train(&options(diverging.clone(), &run, &data, true), &device).unwrap_err();
+    let msg = format!("{refused:#}");
+    assert!(
+        msg.contains("train.lr: 0.001 -> 1e+30") && msg.contains("--allow-config-change"),
+        "{msg}"
+    );
+
+    let mut consenting = options(diverging, &run, &data, true);
+    consenting.allow_config_change = true;
+    let stopped = format!("{:#}", train(&consenting, &device).unwrap_err());
+    assert!(
+        stopped.contains("the loss at step") && stopped.contains("ckpt-000000004.hayate"),
+        "{stopped}"
+    );
+    let step: u64 = stopped
+        .split("the loss at step ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!((5..=8).contains(&step), "{stopped}");
+    eprintln!("{stopped}");
+    // Nothing was written after the bad step: the last good checkpoint is the newest and loads.
+    let (path, kept) = Checkpoint::load_newest_valid(&run).unwrap();
+    assert!(path.ends_with("ckpt-000000004.hayate"));
+    assert_eq!(kept.step(), 4);
+    assert!(parameters(&kept, "model").iter().all(|v| v.is_finite()));
+    let changes = metrics(&run, "config_change");
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0]["step"], 4);
+}
+
+/// Resume is bit-exact for every timestep sampler (uniform and CLTS are covered above) and the
+/// other loss weights: a run stopped at step 4 and resumed to 8 ends with the same weights, EMA
+/// and random streams as one trained straight through.
+#[test]
+fn every_timestep_sampler_resumes_exactly() {
+    let Some((data, _serial, dir)) = setup() else {
+        return;
+    };
+    let device = Device::flex();
+    let samplers = [
+        r#"timestep_sampler = { kind = "logit_normal", mean = 0.0, std = 1.0 }
+prediction = "v"
+loss_weight = { kind = "p2", k = 1.0, gamma = 1.0 }"#,
+        r#"timestep_sampler = { kind = "log_normal", p_mean = -1.2, p_std = 1.2 }
+prediction = "x0"
+loss_weight = { kind = "min_snr", gamma = 5.0 }"#,
+        r#"timestep_sampler = { kind = "speed", tau = 700, k = 5.0 }
+loss_weight = { kind = "speed_change_aware", lambda = 0.6, tau = 700 }"#,
+    ];
+    for (i, diffusion) in samplers.iter().enumerate() {
+        let config = |steps| common::tiny_config_with(steps, 4, diffusion);
+        let straight = dir.path().join(format!("straight-{i}"));
+        train(&options(config(8), &straight, &data, false), &device).unwrap();
+        let resumed = dir.path().join(format!("resumed-{i}"));
+        train(&options(config(4), &resumed, &data, false), &device).unwrap();
+        train(&options(config(8), &resumed, &data, true), &device).unwrap();
+        let a = Checkpoint::load(&Checkpoint::latest(&straight).unwrap()).unwrap();
+        let b = Checkpoint::load(&Checkpoint::latest(&resumed).unwrap()).unwrap();
+        assert_eq!(a.meta.source, b.meta.source, "{diffusion}");
+        for section in ["model", "ema"] {
+            assert!(
+                parameters(&a, section) == parameters(&b, section),
+                "{section} differs for {diffusion}"
+            );
+        }
+        assert_eq!(metrics(&straight, "log"), metrics(&resumed, "log"));
+    }
 }

@@ -42,6 +42,7 @@ fn wgpu_losses_match_the_cpu_backend() {
                 data_dir: Some(data.clone()),
                 out: dir.path().join(name),
                 resume: false,
+                allow_config_change: false,
             },
             device,
         )
