@@ -32,3 +32,16 @@ schedule-plot CONFIG OUT="plots":
 # Redraw a run's charts into RUN/plots: just plot runs/cifar10-baseline
 plot RUN:
     cargo run --release -p hayate -- plot {{RUN}}
+
+# FID of a run's newest checkpoint against CIFAR-10 train: just fid runs/cifar10-baseline --n 10000
+fid RUN *ARGS:
+    cargo run --release -p hayate -- eval fid --checkpoint {{RUN}} {{ARGS}}
+
+# The consistency phenomenon: train two tiny models that differ in seed and a third that differs
+# in width (CPU, about 40 minutes each on 2 cores), then compare their samples from shared noise.
+consistency *ARGS:
+    cargo run --release -p hayate -- train --config experiments/consistency-a.toml --out runs/consistency-a {{ARGS}}
+    cargo run --release -p hayate -- train --config experiments/consistency-b.toml --out runs/consistency-b {{ARGS}}
+    cargo run --release -p hayate -- train --config experiments/consistency-wide.toml --out runs/consistency-wide {{ARGS}}
+    cargo run --release -p hayate -- consistency --a runs/consistency-a --b runs/consistency-b --out runs/consistency/seed
+    cargo run --release -p hayate -- consistency --a runs/consistency-a --b runs/consistency-wide --out runs/consistency/width

@@ -43,7 +43,8 @@ impl Split {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// "train" or "test".
+    pub fn name(self) -> &'static str {
         match self {
             Split::Train => "train",
             Split::Test => "test",

@@ -38,21 +38,30 @@ pub fn download_cifar10(cache: &Path) -> Result<PathBuf, DataError> {
             "downloading CIFAR-10 from {CIFAR10_URL} (163 MB) into {}",
             cache.display()
         );
-        let fail = |reason: String| DataError::Download {
-            url: CIFAR10_URL.into(),
-            reason,
-        };
-        let response = ureq::get(CIFAR10_URL)
-            .call()
-            .map_err(|e| fail(e.to_string()))?;
-        let partial = cache.join("cifar-10-binary.tar.gz.part");
-        let mut file = std::fs::File::create(&partial).map_err(|e| DataError::io(&partial, e))?;
-        std::io::copy(&mut response.into_body().into_reader(), &mut file)
-            .map_err(|e| fail(e.to_string()))?;
-        file.sync_all().map_err(|e| DataError::io(&partial, e))?;
-        std::fs::rename(&partial, &archive).map_err(|e| DataError::io(&archive, e))?;
+        fetch(CIFAR10_URL, &archive)?;
     }
     extract_cifar10(&archive, cache)
+}
+
+/// Downloads `url` to `dest`: into `dest.part` first, synced, then renamed, so `dest` exists
+/// only when complete.
+pub fn fetch(url: &str, dest: &Path) -> Result<(), DataError> {
+    let fail = |reason: String| DataError::Download {
+        url: url.into(),
+        reason,
+    };
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    }
+    let response = ureq::get(url).call().map_err(|e| fail(e.to_string()))?;
+    let mut partial = dest.as_os_str().to_owned();
+    partial.push(".part");
+    let partial = PathBuf::from(partial);
+    let mut file = std::fs::File::create(&partial).map_err(|e| DataError::io(&partial, e))?;
+    std::io::copy(&mut response.into_body().into_reader(), &mut file)
+        .map_err(|e| fail(e.to_string()))?;
+    file.sync_all().map_err(|e| DataError::io(&partial, e))?;
+    std::fs::rename(&partial, dest).map_err(|e| DataError::io(dest, e))
 }
 
 /// Checks `archive` against the published MD5 and extracts its batch files into

@@ -9,6 +9,6 @@ mod error;
 pub use batch::{ImageBatcher, Sample, image_to_unit_range};
 pub use cifar10::{CIFAR10_CLASSES, Cifar10, CifarImage, IMAGE_BYTES, RECORD_BYTES, Split};
 pub use download::{
-    CIFAR10_ARCHIVE_MD5, CIFAR10_URL, cifar10_dir, download_cifar10, extract_cifar10,
+    CIFAR10_ARCHIVE_MD5, CIFAR10_URL, cifar10_dir, download_cifar10, extract_cifar10, fetch,
 };
 pub use error::DataError;

@@ -7,6 +7,7 @@ use crate::sample::{generate, save_grid};
 use crate::train::{TrainOptions, load_ema, train};
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use hayate_data::Split;
 use hayate_schedule::Sampler;
 use hayate_schedule::ddim::Ddim;
 use hayate_schedule::ddpm::Ddpm;
@@ -98,6 +99,40 @@ pub enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Evaluate a model or an image set.
+    Eval {
+        /// Which evaluation.
+        #[command(subcommand)]
+        what: EvalCommand,
+    },
+    /// Two models, the same starting and per-step noise: how alike are their samples, and
+    /// their predictions of x_0 along the way? (The consistency phenomenon.)
+    Consistency {
+        /// The first model: a checkpoint file or run folder.
+        #[arg(long)]
+        a: PathBuf,
+        /// The second model.
+        #[arg(long)]
+        b: PathBuf,
+        /// Image pairs.
+        #[arg(long, default_value_t = 256)]
+        n: usize,
+        /// The reverse process.
+        #[arg(long, value_enum, default_value_t = SamplerChoice::Ddim)]
+        sampler: SamplerChoice,
+        /// DDIM steps.
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Seed of the shared noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The folder for consistency.json, pairs.png and agreement.png.
+        #[arg(long, default_value = "consistency")]
+        out: PathBuf,
+        /// Where to run.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+    },
     /// Look at a config's schedules before training with it.
     Schedule {
         /// What to do with them.
@@ -115,6 +150,69 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+/// `hayate eval` evaluations.
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// FID of a checkpoint's samples (or of a CIFAR-10 split) against a reference set.
+    Fid {
+        /// A checkpoint file or run folder whose EMA model draws the images.
+        #[arg(long, conflicts_with = "images")]
+        checkpoint: Option<PathBuf>,
+        /// Instead of samples, compare this image set with the reference.
+        #[arg(long, value_enum)]
+        images: Option<ImageSet>,
+        /// Images on each side (FID depends on n: 50,000 is the standard).
+        #[arg(long, default_value_t = 50_000)]
+        n: usize,
+        /// The reference set.
+        #[arg(long = "ref", value_enum, default_value_t = ImageSet::Cifar10Train)]
+        reference: ImageSet,
+        /// The reverse process for samples.
+        #[arg(long, value_enum, default_value_t = SamplerChoice::Ddim)]
+        sampler: SamplerChoice,
+        /// DDIM steps.
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        /// Seed of the sampling noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Images per batch through the sampler and Inception.
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        /// The Inception weights (.pth from pytorch-fid or .safetensors); else
+        /// $HAYATE_INCEPTION_WEIGHTS, else downloaded into the cache.
+        #[arg(long)]
+        inception_weights: Option<PathBuf>,
+        /// A local CIFAR-10 folder.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Where to run.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+        /// Also write the result as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Image sets FID can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImageSet {
+    /// The CIFAR-10 training images (the first n).
+    Cifar10Train,
+    /// The CIFAR-10 test images (the first n).
+    Cifar10Test,
+}
+
+impl ImageSet {
+    fn split(self) -> Split {
+        match self {
+            Self::Cifar10Train => Split::Train,
+            Self::Cifar10Test => Split::Test,
+        }
+    }
 }
 
 /// `hayate schedule` actions.
@@ -138,6 +236,45 @@ pub enum SamplerChoice {
     Ddpm,
     /// DDIM over `--steps` steps.
     Ddim,
+}
+
+impl SamplerChoice {
+    /// The sampler, with DDIM's `steps` checked against the schedule (eta 0).
+    fn build(
+        self,
+        steps: usize,
+        schedule: &hayate_schedule::NoiseSchedule,
+        config: &RunConfig,
+    ) -> Result<Box<dyn Sampler>> {
+        self.build_with_eta(steps, 0.0, schedule, config)
+    }
+
+    /// The sampler with DDIM's `steps` and `eta` checked.
+    fn build_with_eta(
+        self,
+        steps: usize,
+        eta: f64,
+        schedule: &hayate_schedule::NoiseSchedule,
+        config: &RunConfig,
+    ) -> Result<Box<dyn Sampler>> {
+        if steps == 0 || steps > schedule.steps() {
+            bail!("--steps must be in 1..={}", schedule.steps());
+        }
+        if !(0.0..=1.0).contains(&eta) {
+            bail!("--eta must be in [0, 1]");
+        }
+        Ok(match self {
+            Self::Ddim => Box::new(Ddim {
+                steps,
+                eta,
+                clip_x0: true,
+            }),
+            Self::Ddpm => Box::new(Ddpm {
+                variance: config.sampling.ddpm_variance,
+                clip_x0: true,
+            }),
+        })
+    }
 }
 
 /// Runs one parsed command line.
@@ -203,12 +340,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let (path, loaded) = Checkpoint::load_newest_valid(&checkpoint)?;
             let config = &loaded.meta.config;
             let schedule = config.diffusion.schedule()?;
-            if steps == 0 || steps > schedule.steps() {
-                bail!("--steps must be in 1..={}", schedule.steps());
-            }
-            if !(0.0..=1.0).contains(&eta) {
-                bail!("--eta must be in [0, 1]");
-            }
+            let chosen = sampler.build_with_eta(steps, eta, &schedule, config)?;
             let (device, why) = select(backend)?;
             eprintln!(
                 "device: {why}; checkpoint {} (step {})",
@@ -216,17 +348,6 @@ pub fn run(cli: Cli) -> Result<()> {
                 loaded.step()
             );
             let model = load_ema(&loaded, &device)?;
-            let chosen: Box<dyn Sampler> = match sampler {
-                SamplerChoice::Ddim => Box::new(Ddim {
-                    steps,
-                    eta,
-                    clip_x0: true,
-                }),
-                SamplerChoice::Ddpm => Box::new(Ddpm {
-                    variance: config.sampling.ddpm_variance,
-                    clip_x0: true,
-                }),
-            };
             let images = generate(
                 &model,
                 &device,
@@ -290,6 +411,145 @@ pub fn run(cli: Cli) -> Result<()> {
                 report.interval_images_per_second[0],
                 batch as f64 / rate,
                 flops / 1e9
+            );
+            Ok(())
+        }
+        Command::Eval {
+            what:
+                EvalCommand::Fid {
+                    checkpoint,
+                    images,
+                    n,
+                    reference,
+                    sampler,
+                    steps,
+                    seed,
+                    batch,
+                    inception_weights,
+                    data_dir,
+                    backend,
+                    out,
+                },
+        } => {
+            if n < 2 || batch == 0 {
+                bail!("--n must be at least 2 and --batch positive");
+            }
+            let cache = crate::train::cache_dir();
+            let weights = crate::fid::inception_weights(inception_weights.as_deref(), &cache)?;
+            let data_dir = hayate_data::cifar10_dir(data_dir.as_deref(), &cache)?;
+            let (device, why) = select(backend)?;
+            eprintln!("device: {why}; Inception weights {}", weights.display());
+            let net = crate::inception::FidInception::load(&weights, &device)?;
+            let stats_of = |set: ImageSet| {
+                crate::fid::dataset_statistics(
+                    &net,
+                    &weights,
+                    &data_dir,
+                    set.split(),
+                    n,
+                    batch,
+                    &cache,
+                )
+            };
+            let reference_stats = stats_of(reference)?;
+            let (subject, stats, step) = match (checkpoint, images) {
+                (Some(checkpoint), None) => {
+                    let (path, loaded) = Checkpoint::load_newest_valid(&checkpoint)?;
+                    let config = &loaded.meta.config;
+                    let schedule = config.diffusion.schedule()?;
+                    let model = load_ema(&loaded, &device)?;
+                    let chosen = sampler.build(steps, &schedule, config)?;
+                    eprintln!("sampling {n} images from {}", path.display());
+                    let stats = crate::fid::sample_statistics(
+                        &net,
+                        &model,
+                        &device,
+                        &schedule,
+                        config.diffusion.prediction,
+                        chosen.as_ref(),
+                        n,
+                        batch,
+                        seed,
+                    )?;
+                    (path.display().to_string(), stats, Some(loaded.step()))
+                }
+                (None, Some(set)) => (format!("{set:?}"), stats_of(set)?, None),
+                _ => bail!("give --checkpoint or --images"),
+            };
+            let fid = crate::fid::frechet_distance(&stats, &reference_stats);
+            println!("FID {fid:.4} ({subject} against {reference:?}, n = {n})");
+            let result = serde_json::json!({
+                "fid": fid,
+                "n": n,
+                "subject": subject,
+                "step": step,
+                "reference": format!("{reference:?}"),
+                "sampler": format!("{sampler:?}"),
+                "steps": steps,
+                "seed": seed,
+                "inception_weights": weights.display().to_string(),
+            });
+            if let Some(out) = out {
+                crate::checkpoint::write_atomic(&out, format!("{result:#}\n").as_bytes())?;
+            }
+            Ok(())
+        }
+        Command::Consistency {
+            a,
+            b,
+            n,
+            sampler,
+            steps,
+            seed,
+            out,
+            backend,
+        } => {
+            if n < 2 {
+                bail!("--n must be at least 2");
+            }
+            let (path_a, a) = Checkpoint::load_newest_valid(&a)?;
+            let (path_b, b) = Checkpoint::load_newest_valid(&b)?;
+            let schedule = a.meta.config.diffusion.schedule()?;
+            if b.meta.config.diffusion.schedule()? != schedule {
+                bail!(
+                    "{} and {} use different noise schedules: the same noise would mean \
+                     different things to them",
+                    path_a.display(),
+                    path_b.display()
+                );
+            }
+            let chosen = sampler.build(steps, &schedule, &a.meta.config)?;
+            let (device, why) = select(backend)?;
+            eprintln!(
+                "device: {why}; A = {}, B = {}",
+                path_a.display(),
+                path_b.display()
+            );
+            let run = |checkpoint: &Checkpoint| -> Result<crate::consistency::Trajectory> {
+                let model = load_ema(checkpoint, &device)?;
+                let prediction = checkpoint.meta.config.diffusion.prediction;
+                Ok(crate::consistency::trajectory(
+                    &model,
+                    &device,
+                    &schedule,
+                    prediction,
+                    chosen.as_ref(),
+                    n,
+                    seed,
+                ))
+            };
+            let (ta, tb) = (run(&a)?, run(&b)?);
+            let report = crate::consistency::compare(&ta, &tb)?;
+            for path in crate::consistency::write(&report, &ta, &tb, &out)? {
+                println!("wrote {}", path.display());
+            }
+            println!(
+                "paired: agreement {:.4}, PSNR {:.2} dB; shuffled (chance): agreement {:.4}, \
+                 PSNR {:.2} dB",
+                report.paired.agreement,
+                report.paired.psnr,
+                report.shuffled.agreement,
+                report.shuffled.psnr
             );
             Ok(())
         }

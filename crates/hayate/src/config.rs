@@ -28,6 +28,9 @@ pub struct RunConfig {
     /// Sample grids written during training and by `hayate sample`.
     #[serde(default)]
     pub sampling: SamplingConfig,
+    /// Evaluation during training.
+    #[serde(default)]
+    pub eval: EvalConfig,
 }
 
 /// The model: a named preset, optionally with fields overridden.
@@ -140,6 +143,8 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Steps of linear learning-rate warm-up from 0.
     pub warmup_steps: u64,
+    /// After warm-up: constant (DDPM) or a cosine decay to `min_lr` at the last step.
+    pub lr_decay: crate::lr::LrDecay,
     /// Adam's beta1 (at the start, when `momentum` schedules it).
     pub beta1: f64,
     /// MDLRC: beta1 decays from `beta1` to `momentum.beta_end`, with learning-rate
@@ -174,6 +179,7 @@ impl Default for TrainConfig {
             batch_size: 128,
             lr: 2e-4,
             warmup_steps: 5000,
+            lr_decay: crate::lr::LrDecay::Constant,
             beta1: 0.9,
             momentum: None,
             beta2: 0.999,
@@ -195,6 +201,18 @@ impl TrainConfig {
         MomentumSchedule {
             beta_start: self.beta1,
             decay: self.momentum,
+        }
+    }
+
+    /// lr(k) of this run, positioned after `step` steps.
+    pub fn lr_schedule(&self, step: u64) -> crate::lr::WarmupLr {
+        crate::lr::WarmupLr {
+            lr: self.lr,
+            warmup: self.warmup_steps,
+            decay: self.lr_decay,
+            total: self.steps,
+            step,
+            momentum: self.momentum_schedule(),
         }
     }
 }
@@ -247,6 +265,36 @@ impl Default for SamplingConfig {
     }
 }
 
+/// FID during training: at every `fid_every`-th step that ends a checkpoint interval, the EMA
+/// model draws `fid_n` images (DDIM, `fid_ddim_steps`, a fixed seed) and their FID against the
+/// first `fid_n` CIFAR-10 training images is logged, with n, to metrics.jsonl and `plots/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Steps between FID evaluations (0: never); a multiple of `train.checkpoint_every`.
+    pub fid_every: u64,
+    /// Images per FID (FID depends on n: compare values at the same n only).
+    pub fid_n: usize,
+    /// DDIM steps for the FID samples.
+    pub fid_ddim_steps: usize,
+    /// Images per batch through the sampler and Inception.
+    pub fid_batch: usize,
+    /// The Inception weights; absent: `$HAYATE_INCEPTION_WEIGHTS`, else the cached download.
+    pub inception_weights: Option<std::path::PathBuf>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            fid_every: 0,
+            fid_n: 5000,
+            fid_ddim_steps: 100,
+            fid_batch: 50,
+            inception_weights: None,
+        }
+    }
+}
+
 impl RunConfig {
     /// Reads and validates a TOML file; errors name the file and the field.
     pub fn load(path: &Path) -> Result<Self> {
@@ -279,6 +327,11 @@ impl RunConfig {
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             bail!("train.lr must be positive, got {}", t.lr);
+        }
+        if let crate::lr::LrDecay::Cosine { min_lr } = t.lr_decay
+            && !(0.0..=t.lr).contains(&min_lr)
+        {
+            bail!("train.lr_decay.min_lr must be in [0, train.lr], got {min_lr}");
         }
         for (name, beta) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
             if !(0.0..1.0).contains(&beta) {
@@ -332,6 +385,25 @@ impl RunConfig {
         if !(0.0..=1.0).contains(&s.eta) {
             bail!("sampling.eta must be in [0, 1], got {}", s.eta);
         }
+        let e = &self.eval;
+        if e.fid_every > 0 {
+            if !e.fid_every.is_multiple_of(t.checkpoint_every) {
+                bail!(
+                    "eval.fid_every ({}) must be a multiple of train.checkpoint_every ({})",
+                    e.fid_every,
+                    t.checkpoint_every
+                );
+            }
+            if !(2..=1_000_000).contains(&e.fid_n) || !(1..=4096).contains(&e.fid_batch) {
+                bail!("eval.fid_n must be in 2..=1000000 and eval.fid_batch in 1..=4096");
+            }
+            if e.fid_ddim_steps == 0 || e.fid_ddim_steps > self.diffusion.timesteps {
+                bail!(
+                    "eval.fid_ddim_steps must be in 1..={}",
+                    self.diffusion.timesteps
+                );
+            }
+        }
         Ok(())
     }
 
@@ -364,20 +436,27 @@ impl RunConfig {
     /// a run's numbers, as "path: old -> new". The run's length, logging, retention, data
     /// folder and sample grids may change on resume; nothing else may without consent.
     pub fn differences(&self, now: &RunConfig) -> Vec<String> {
-        const MAY_CHANGE: [&str; 5] = [
+        const MAY_CHANGE: [&str; 6] = [
             "train.steps",
             "train.log_every",
             "train.keep_checkpoints",
             "data.dir",
             "sampling.",
+            "eval.",
         ];
+        // A cosine decay ends at the last step, so there the run's length changes the rates.
+        let cosine = [self, now]
+            .iter()
+            .any(|c| matches!(c.train.lr_decay, crate::lr::LrDecay::Cosine { .. }));
         let (old, new) = (flatten(self), flatten(now));
         let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
         keys.sort();
         keys.dedup();
         let missing = serde_json::Value::Null;
         keys.into_iter()
-            .filter(|k| !MAY_CHANGE.iter().any(|m| k.starts_with(m)))
+            .filter(|k| {
+                !MAY_CHANGE.iter().any(|m| k.starts_with(m)) || (cosine && *k == "train.steps")
+            })
             .filter_map(|k| {
                 let (a, b) = (
                     old.get(k).unwrap_or(&missing),
@@ -628,5 +707,11 @@ mod tests {
             diff[1].starts_with("train.lr: 0.0002 -> 0.0004"),
             "{diff:?}"
         );
+        // With a cosine decay the run's length sets the rates, so it may not change freely.
+        let mut cosine = a.clone();
+        cosine.train.lr_decay = crate::lr::LrDecay::Cosine { min_lr: 0.0 };
+        let mut longer = cosine.clone();
+        longer.train.steps += 10;
+        assert_eq!(cosine.differences(&longer).len(), 1);
     }
 }

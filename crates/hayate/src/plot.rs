@@ -2,7 +2,6 @@
 //! has logged (`hayate plot`, refreshed at every checkpoint).
 
 use crate::config::RunConfig;
-use crate::lr::WarmupLr;
 use crate::sample::write_png;
 use anyhow::{Context, Result, anyhow, bail};
 use hayate_schedule::TimestepSampler;
@@ -288,12 +287,7 @@ pub fn schedule_charts(config: &RunConfig) -> Result<Vec<(&'static str, Chart)>>
     let weight = &config.diffusion.loss_weight;
     let prediction = config.diffusion.prediction;
     let momentum = config.train.momentum_schedule();
-    let lr = WarmupLr {
-        lr: config.train.lr,
-        warmup: config.train.warmup_steps,
-        step: 0,
-        momentum,
-    };
+    let lr = config.train.lr_schedule(0);
     let ks = sample_steps(total);
     let over_steps = |name: &str, f: &dyn Fn(u64) -> f64| Series {
         name: name.into(),
@@ -395,7 +389,7 @@ pub fn run_charts(run_dir: &Path) -> Result<Vec<(&'static str, Chart)>> {
         }],
         log_y,
     };
-    let charts = vec![
+    let mut charts = vec![
         (
             "loss",
             chart(
@@ -417,6 +411,31 @@ pub fn run_charts(run_dir: &Path) -> Result<Vec<(&'static str, Chart)>> {
             ),
         ),
     ];
+    let fid = logged(&lines, "fid", "fid");
+    if !fid.is_empty() {
+        let sizes: Vec<u64> = lines
+            .iter()
+            .filter(|l| l["event"] == "fid")
+            .filter_map(|l| l["n"].as_u64())
+            .collect();
+        let n = match sizes.windows(2).all(|w| w[0] == w[1]) {
+            true => sizes.first().map_or("?".into(), |n| n.to_string()),
+            false => "mixed".into(),
+        };
+        charts.push((
+            "fid",
+            Chart {
+                title: format!("FID of EMA samples against CIFAR-10 train (n = {n})"),
+                x_label: "training step".into(),
+                y_label: "FID".into(),
+                series: vec![Series {
+                    name: String::new(),
+                    points: fid,
+                }],
+                log_y: true,
+            },
+        ));
+    }
     if charts[0].1.points().next().is_none() {
         bail!("{}: no training log lines to plot yet", path.display());
     }
@@ -552,6 +571,8 @@ mod tests {
                 r#"{"event":"log","step":20,"loss":0.2,"lr":2e-4,"beta1":0.8,"mean_t_over_T":0.4}"#,
                 "\n",
                 r#"{"event":"checkpoint","step":20,"loss":0.35}"#,
+                "\n",
+                r#"{"event":"fid","step":20,"fid":80.5,"n":5000}"#,
                 "\n"
             ),
         )
@@ -559,8 +580,11 @@ mod tests {
         let charts = run_charts(dir.path()).unwrap();
         let loss = &charts.iter().find(|(n, _)| *n == "loss").unwrap().1;
         assert_eq!(loss.series[0].points, vec![(10.0, 0.5), (20.0, 0.2)]);
+        let fid = &charts.iter().find(|(n, _)| *n == "fid").unwrap().1;
+        assert_eq!(fid.series[0].points, vec![(20.0, 80.5)]);
+        assert!(fid.title.contains("n = 5000"));
         let paths = plot_run(dir.path()).unwrap();
-        assert_eq!(paths.len(), 4);
+        assert_eq!(paths.len(), 5);
         for path in paths {
             assert_eq!(image::open(&path).unwrap().width(), WIDTH);
         }

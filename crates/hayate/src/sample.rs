@@ -49,23 +49,43 @@ pub fn generate(
     seed: u64,
 ) -> Vec<f32> {
     let size = 32;
-    let mut rng = HostRng::seed_from_u64(seed);
-    let mut x = vec![0f32; n * 3 * size * size];
-    fill_standard_normal(&mut rng, &mut x);
     let mut denoiser = UNetDenoiser {
         model,
         device: device.clone(),
         size,
     };
-    sampler.sample(schedule, prediction, &mut denoiser, x, n, &mut rng)
+    generate_with(&mut denoiser, schedule, prediction, sampler, n, seed, size)
+}
+
+/// [`generate`] with any denoiser (one that also records what it sees, say).
+pub fn generate_with(
+    denoiser: &mut dyn Denoiser,
+    schedule: &NoiseSchedule,
+    prediction: Prediction,
+    sampler: &dyn Sampler,
+    n: usize,
+    seed: u64,
+    size: usize,
+) -> Vec<f32> {
+    let mut rng = HostRng::seed_from_u64(seed);
+    let mut x = vec![0f32; n * 3 * size * size];
+    fill_standard_normal(&mut rng, &mut x);
+    sampler.sample(schedule, prediction, denoiser, x, n, &mut rng)
 }
 
 /// Writes images (flattened `[n, 3, size, size]` in [-1, 1]) as a square-ish PNG grid with a
 /// 2-pixel border, atomically.
 pub fn save_grid(images: &[f32], size: usize, path: &Path) -> Result<()> {
+    let n = images.len() / (3 * size * size);
+    let cols = (n as f64).sqrt().ceil().max(1.0) as usize;
+    save_grid_with_columns(images, size, cols, path)
+}
+
+/// [`save_grid`] with `cols` images per row.
+pub fn save_grid_with_columns(images: &[f32], size: usize, cols: usize, path: &Path) -> Result<()> {
     let per = 3 * size * size;
     let n = images.len() / per;
-    let cols = (n as f64).sqrt().ceil().max(1.0) as usize;
+    let cols = cols.max(1);
     let rows = n.div_ceil(cols);
     let pad = 2;
     let (w, h) = (cols * (size + pad) + pad, rows * (size + pad) + pad);

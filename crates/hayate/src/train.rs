@@ -6,7 +6,6 @@ use crate::batches::{BatchSource, SourceState, StepLoader, Streams};
 use crate::checkpoint::{Checkpoint, CheckpointMeta, write_atomic};
 use crate::config::RunConfig;
 use crate::ema::Ema;
-use crate::lr::WarmupLr;
 use crate::metric::{Beta1, HostValue, ImagesPerSecond, MeanT};
 use crate::optim::ScheduledAdam;
 use crate::sample::{generate, save_grid};
@@ -205,12 +204,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
         epsilon: config.train.adam_eps,
     });
     let start_step = resume_from.as_ref().map_or(0, |(_, c)| c.step());
-    let scheduler = WarmupLr {
-        lr: config.train.lr,
-        warmup: config.train.warmup_steps,
-        step: start_step,
-        momentum,
-    };
+    let scheduler = config.train.lr_schedule(start_step);
     let mut learner = Learner::new(model, optimizer, scheduler);
 
     let inner_device = device.clone();
@@ -268,6 +262,8 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
             inner_device,
             model_slot: model_slot.clone(),
             optim_slot: optim_slot.clone(),
+            data_dir: data_dir.clone(),
+            fid: None,
             report: TrainReport {
                 step: start_step,
                 interval_losses: Vec::new(),
@@ -328,6 +324,10 @@ struct RunState {
     optim_slot: Slot,
     report: TrainReport,
     error: Option<anyhow::Error>,
+    /// The CIFAR-10 folder (for FID's reference statistics).
+    data_dir: PathBuf,
+    /// FID's network and reference, loaded at the first evaluation.
+    fid: Option<crate::fid::FidEvaluator>,
 }
 
 /// The learning strategy: one "epoch" per checkpoint interval, EMA after every step, and a
@@ -553,6 +553,35 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
         "grid": grid.strip_prefix(&run.out).unwrap_or(&grid).display().to_string(),
     });
     append_metrics(&run.out, &line)?;
+    let eval = &run.config.eval;
+    if eval.fid_every > 0 && step.is_multiple_of(eval.fid_every) {
+        if run.fid.is_none() {
+            run.fid = Some(crate::fid::FidEvaluator::new(
+                eval,
+                &run.data_dir,
+                &run.inner_device,
+                &cache_dir(),
+            )?);
+        }
+        let evaluator = run.fid.as_ref().expect("loaded above");
+        let fid = evaluator.evaluate(
+            &run.ema.model,
+            &run.schedule,
+            run.config.diffusion.prediction,
+        )?;
+        eprintln!("step {step}: FID {fid:.3} (n = {})", eval.fid_n);
+        append_metrics(
+            &run.out,
+            &serde_json::json!({
+                "event": "fid",
+                "step": step,
+                "fid": fid,
+                "n": eval.fid_n,
+                "reference": "cifar10-train",
+                "ddim_steps": eval.fid_ddim_steps,
+            }),
+        )?;
+    }
     // The charts are a view of metrics.jsonl; failing to draw them must not stop training.
     if let Err(e) = crate::plot::plot_run(&run.out) {
         eprintln!("warning: charts not refreshed: {e:#}");

@@ -1,0 +1,503 @@
+//! FID: Inception features of two image sets, their mean and covariance in f64, and the
+//! Frechet distance between the two Gaussians, with the matrix square root taken from
+//! symmetric eigendecompositions in f64.
+
+use crate::checkpoint::write_atomic;
+use crate::inception::{FEATURES, FidInception};
+use anyhow::{Context, Result, ensure};
+use burn::data::dataset::Dataset;
+use burn::prelude::*;
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// The public pytorch-fid weights (the TensorFlow 2015-12-05 Inception, ported).
+pub const INCEPTION_URL: &str = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth";
+/// The file name, which carries the first 8 hex digits of its SHA-256 (torch hub's convention).
+pub const INCEPTION_FILE: &str = "pt_inception-2015-12-05-6726825d.pth";
+const INCEPTION_SHA256_PREFIX: &str = "6726825d";
+
+/// The Inception weights to use: `explicit`, else `$HAYATE_INCEPTION_WEIGHTS`, else the cached
+/// download (fetched and checked on first use).
+pub fn inception_weights(explicit: Option<&Path>, cache: &Path) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        return Ok(path.to_path_buf());
+    }
+    if let Some(path) = std::env::var_os("HAYATE_INCEPTION_WEIGHTS") {
+        return Ok(PathBuf::from(path));
+    }
+    let path = cache.join(INCEPTION_FILE);
+    if !path.is_file() {
+        eprintln!("downloading the FID Inception weights from {INCEPTION_URL} (92 MB)");
+        hayate_data::fetch(INCEPTION_URL, &path)?;
+        if let Err(e) = crate::inception::check_sha256_prefix(&path, INCEPTION_SHA256_PREFIX) {
+            let kept = path.with_extension("pth.bad");
+            let _ = std::fs::rename(&path, &kept);
+            return Err(e.context(format!("the download was kept aside as {}", kept.display())));
+        }
+    }
+    Ok(path)
+}
+
+/// Mean and covariance of a set's features.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statistics {
+    /// Images.
+    pub n: usize,
+    /// Feature means.
+    pub mean: DVector<f64>,
+    /// Feature covariance (unbiased, n - 1).
+    pub cov: DMatrix<f64>,
+}
+
+/// Running sums for [`Statistics`], in f64. Features are taken relative to the first image's,
+/// which keeps the sums of products from cancelling.
+#[derive(Debug, Clone)]
+pub struct Accumulator {
+    n: usize,
+    shift: Option<DVector<f64>>,
+    sum: DVector<f64>,
+    outer: DMatrix<f64>,
+}
+
+impl Accumulator {
+    /// Empty sums for `dims`-dimensional features.
+    pub fn new(dims: usize) -> Self {
+        Self {
+            n: 0,
+            shift: None,
+            sum: DVector::zeros(dims),
+            outer: DMatrix::zeros(dims, dims),
+        }
+    }
+
+    /// Images added so far.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True before the first image.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Adds a batch of features, row-major `[rows, dims]`.
+    pub fn add(&mut self, features: &[f32]) {
+        let dims = self.sum.len();
+        let rows = features.len() / dims;
+        if rows == 0 {
+            return;
+        }
+        let shift = self
+            .shift
+            .get_or_insert_with(|| {
+                DVector::from_iterator(dims, features[..dims].iter().map(|&v| v as f64))
+            })
+            .clone();
+        let x = DMatrix::from_fn(rows, dims, |r, c| features[r * dims + c] as f64 - shift[c]);
+        for r in 0..rows {
+            self.sum += x.row(r).transpose();
+        }
+        self.outer.gemm_tr(1.0, &x, &x, 1.0);
+        self.n += rows;
+    }
+
+    /// The statistics of everything added (needs two images or more).
+    pub fn finish(self) -> Result<Statistics> {
+        ensure!(self.n >= 2, "FID needs at least 2 images, got {}", self.n);
+        let n = self.n as f64;
+        let centred_mean = &self.sum / n;
+        let cov = (&self.outer - &centred_mean * centred_mean.transpose() * n) / (n - 1.0);
+        let mean = centred_mean + self.shift.expect("set with the first image");
+        Ok(Statistics {
+            n: self.n,
+            mean,
+            cov,
+        })
+    }
+}
+
+/// The eigenvalues of a symmetric positive semi-definite matrix with those at rounding level
+/// (below max * d * 10 eps, negative ones included) set to 0: with fewer images than features
+/// the covariance is singular, and the square roots of a few thousand rounding-level
+/// eigenvalues would otherwise add up to a visible error.
+fn clean_eigenvalues(eig: &SymmetricEigen<f64, nalgebra::Dyn>) -> DVector<f64> {
+    let values = &eig.eigenvalues;
+    let top = values.iter().fold(0f64, |m, &l| m.max(l));
+    let floor = top * values.len() as f64 * 10.0 * f64::EPSILON;
+    values.map(|l| if l > floor { l } else { 0.0 })
+}
+
+/// A symmetric positive semi-definite matrix's square root.
+fn symmetric_sqrt(m: &DMatrix<f64>) -> DMatrix<f64> {
+    let eig = SymmetricEigen::new(m.clone());
+    let roots = clean_eigenvalues(&eig).map(f64::sqrt);
+    &eig.eigenvectors * DMatrix::from_diagonal(&roots) * eig.eigenvectors.transpose()
+}
+
+/// The Frechet distance |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)). The trace of
+/// (S_a S_b)^(1/2) is that of (A S_b A)^(1/2) with A = S_a^(1/2), a symmetric positive
+/// semi-definite matrix, so both square roots come from symmetric eigendecompositions.
+pub fn frechet_distance(a: &Statistics, b: &Statistics) -> f64 {
+    let diff = &a.mean - &b.mean;
+    let root = symmetric_sqrt(&a.cov);
+    let middle = &root * &b.cov * &root;
+    let middle = (&middle + middle.transpose()) * 0.5;
+    let trace_root: f64 = clean_eigenvalues(&SymmetricEigen::new(middle))
+        .iter()
+        .map(|l| l.sqrt())
+        .sum();
+    diff.dot(&diff) + a.cov.trace() + b.cov.trace() - 2.0 * trace_root
+}
+
+const STATS_MAGIC: &[u8; 8] = b"HAYATEFS";
+
+impl Statistics {
+    /// Writes the statistics (f64, little-endian, SHA-256 at the end), atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let d = self.mean.len();
+        let mut out = Vec::with_capacity(24 + 8 * (d + d * d) + 32);
+        out.extend_from_slice(STATS_MAGIC);
+        out.extend_from_slice(&(self.n as u64).to_le_bytes());
+        out.extend_from_slice(&(d as u64).to_le_bytes());
+        for v in self.mean.iter().chain(self.cov.iter()) {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let digest = Sha256::digest(&out);
+        out.extend_from_slice(&digest);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        write_atomic(path, &out)
+    }
+
+    /// Reads statistics written by [`save`](Self::save), checking their checksum.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bad = |what: &str| anyhow::anyhow!("{}: {what}", path.display());
+        if bytes.len() < 24 + 32 || &bytes[..8] != STATS_MAGIC {
+            return Err(bad("not a hayate FID statistics file"));
+        }
+        let (body, digest) = bytes.split_at(bytes.len() - 32);
+        if Sha256::digest(body).as_slice() != digest {
+            return Err(bad("checksum mismatch"));
+        }
+        let word = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().expect("8 bytes"));
+        let (n, d) = (word(8) as usize, word(16) as usize);
+        let expected = d
+            .checked_mul(d)
+            .and_then(|dd| dd.checked_add(d))
+            .and_then(|k| k.checked_mul(8))
+            .and_then(|k| k.checked_add(24));
+        if expected != Some(body.len()) {
+            return Err(bad("length does not match its dimensions"));
+        }
+        let values: Vec<f64> = body[24..]
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        Ok(Self {
+            n,
+            mean: DVector::from_column_slice(&values[..d]),
+            cov: DMatrix::from_column_slice(d, d, &values[d..]),
+        })
+    }
+}
+
+/// Inception features of `batches` of images (`[b, 3, h, w]` flattened, in [-1, 1]), summed
+/// into statistics. Prints progress every `report` images.
+pub fn statistics_of(
+    net: &FidInception,
+    batches: impl Iterator<Item = (Vec<f32>, [usize; 4])>,
+    report: usize,
+) -> Result<Statistics> {
+    let mut acc = Accumulator::new(FEATURES);
+    let mut next_report = report;
+    for (values, shape) in batches {
+        let images = Tensor::<4>::from_data(TensorData::new(values, shape), net.device());
+        let features = net
+            .features(images)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading Inception features: {e:?}"))?;
+        acc.add(&features);
+        if acc.len() >= next_report {
+            eprintln!("  FID features: {} images", acc.len());
+            next_report += report;
+        }
+    }
+    acc.finish()
+}
+
+/// Statistics of the first `n` images of a CIFAR-10 split, cached in `cache` under a hash of
+/// those images' bytes and of the weights file, so each reference set is computed once.
+pub fn dataset_statistics(
+    net: &FidInception,
+    weights: &Path,
+    data_dir: &Path,
+    split: hayate_data::Split,
+    n: usize,
+    batch: usize,
+    cache: &Path,
+) -> Result<Statistics> {
+    let data = hayate_data::Cifar10::open(data_dir, split)?;
+    ensure!(
+        n <= data.len(),
+        "the CIFAR-10 {} split in {} has {} images, fewer than the {n} asked for",
+        split.name(),
+        data_dir.display(),
+        data.len()
+    );
+    let mut hasher = Sha256::new();
+    hasher.update(b"hayate-fid-v1");
+    hasher.update(Sha256::digest(
+        std::fs::read(weights).with_context(|| format!("cannot read {}", weights.display()))?,
+    ));
+    for i in 0..n {
+        hasher.update(data.image(i).0);
+    }
+    let key: String = hasher.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path = cache
+        .join("fid")
+        .join(format!("cifar10-{}-{n}-{key}.stats", split.name()));
+    if let Ok(stats) = Statistics::load(&path) {
+        eprintln!("reference statistics from {}", path.display());
+        return Ok(stats);
+    }
+    eprintln!(
+        "computing reference statistics of {n} CIFAR-10 {} images",
+        split.name()
+    );
+    let per = hayate_data::IMAGE_BYTES;
+    let batches = (0..n).step_by(batch).map(|start| {
+        let count = batch.min(n - start);
+        let mut values = vec![0f32; count * per];
+        for (k, out) in values.chunks_exact_mut(per).enumerate() {
+            hayate_data::image_to_unit_range(data.image(start + k).0, 32, false, out);
+        }
+        (values, [count, 3, 32, 32])
+    });
+    let stats = statistics_of(net, batches, 1000)?;
+    stats.save(&path)?;
+    Ok(stats)
+}
+
+/// Statistics of `n` images drawn by `model` with `sampler`, `batch` at a time, each batch from
+/// its own seed derived from `seed` (so the batch size does not decide which noise is drawn
+/// first), rounded to 8-bit levels.
+#[allow(clippy::too_many_arguments)] // each is a separate, necessary choice of the caller
+pub fn sample_statistics(
+    net: &FidInception,
+    model: &hayate_model::UNet,
+    device: &Device,
+    schedule: &hayate_schedule::NoiseSchedule,
+    prediction: hayate_schedule::Prediction,
+    sampler: &dyn hayate_schedule::Sampler,
+    n: usize,
+    batch: usize,
+    seed: u64,
+) -> Result<Statistics> {
+    let batches = (0..n.div_ceil(batch)).map(|i| {
+        let count = batch.min(n - i * batch);
+        let batch_seed = seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+        let mut values = crate::sample::generate(
+            model, device, schedule, prediction, sampler, count, batch_seed,
+        );
+        quantize(&mut values);
+        (values, [count, 3, 32, 32])
+    });
+    statistics_of(net, batches, 1000)
+}
+
+/// FID during training: the network and the reference statistics, loaded once.
+pub struct FidEvaluator {
+    net: FidInception,
+    reference: Statistics,
+    config: crate::config::EvalConfig,
+}
+
+impl FidEvaluator {
+    /// Loads the network and the reference statistics (the first `fid_n` CIFAR-10 training
+    /// images of `data_dir`, cached).
+    pub fn new(
+        config: &crate::config::EvalConfig,
+        data_dir: &Path,
+        device: &Device,
+        cache: &Path,
+    ) -> Result<Self> {
+        let weights = inception_weights(config.inception_weights.as_deref(), cache)?;
+        let net = FidInception::load(&weights, device)?;
+        let reference = dataset_statistics(
+            &net,
+            &weights,
+            data_dir,
+            hayate_data::Split::Train,
+            config.fid_n,
+            config.fid_batch,
+            cache,
+        )?;
+        Ok(Self {
+            net,
+            reference,
+            config: config.clone(),
+        })
+    }
+
+    /// The FID of `model`'s samples (DDIM, eta 0, seed 0: the same noise every time).
+    pub fn evaluate(
+        &self,
+        model: &hayate_model::UNet,
+        schedule: &hayate_schedule::NoiseSchedule,
+        prediction: hayate_schedule::Prediction,
+    ) -> Result<f64> {
+        let sampler = hayate_schedule::ddim::Ddim {
+            steps: self.config.fid_ddim_steps,
+            eta: 0.0,
+            clip_x0: true,
+        };
+        let stats = sample_statistics(
+            &self.net,
+            model,
+            self.net.device(),
+            schedule,
+            prediction,
+            &sampler,
+            self.config.fid_n,
+            self.config.fid_batch,
+            0,
+        )?;
+        Ok(frechet_distance(&stats, &self.reference))
+    }
+}
+
+/// Rounds images in [-1, 1] to 8-bit levels, as saving them as PNG would: FID is defined on
+/// image files.
+pub fn quantize(images: &mut [f32]) {
+    for v in images {
+        *v = ((*v).clamp(-1.0, 1.0) * 127.5 + 127.5).round() / 127.5 - 1.0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Features drawn from a correlated Gaussian (seeded), `[n, d]`.
+    fn features(n: usize, d: usize, seed: u64, offset: f32) -> Vec<f32> {
+        let mut rng = <hayate_schedule::HostRng as rand::SeedableRng>::seed_from_u64(seed);
+        let mut z = vec![0f32; n * d];
+        hayate_schedule::fill_standard_normal(&mut rng, &mut z);
+        // Mix neighbouring coordinates so the covariance is not diagonal.
+        (0..n * d)
+            .map(|i| {
+                let (r, c) = (i / d, i % d);
+                z[i] + 0.5 * z[r * d + (c + 1) % d] + offset
+            })
+            .collect()
+    }
+
+    fn stats(values: &[f32], d: usize) -> Statistics {
+        let mut acc = Accumulator::new(d);
+        for chunk in values.chunks(7 * d) {
+            acc.add(chunk);
+        }
+        acc.finish().unwrap()
+    }
+
+    #[test]
+    fn statistics_match_a_direct_computation() {
+        let (n, d) = (50, 4);
+        let x = features(n, d, 1, 3.0);
+        let s = stats(&x, d);
+        assert_eq!(s.n, n);
+        for i in 0..d {
+            let mean: f64 = (0..n).map(|r| x[r * d + i] as f64).sum::<f64>() / n as f64;
+            assert!((s.mean[i] - mean).abs() < 1e-12);
+            for j in 0..d {
+                let mj: f64 = (0..n).map(|r| x[r * d + j] as f64).sum::<f64>() / n as f64;
+                let cov: f64 = (0..n)
+                    .map(|r| (x[r * d + i] as f64 - mean) * (x[r * d + j] as f64 - mj))
+                    .sum::<f64>()
+                    / (n - 1) as f64;
+                assert!((s.cov[(i, j)] - cov).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift() {
+        let d = 64;
+        let a = stats(&features(500, d, 2, 0.0), d);
+        assert!(
+            frechet_distance(&a, &a).abs() < 1e-6,
+            "{}",
+            frechet_distance(&a, &a)
+        );
+        // A mean shift of 0.1 in every coordinate adds |shift|^2 = d * 0.01 and nothing else.
+        let mut shifted = a.clone();
+        shifted.mean.add_scalar_mut(0.1);
+        let fid = frechet_distance(&a, &shifted);
+        assert!((fid - d as f64 * 0.01).abs() < 1e-6, "{fid}");
+        // Two samples of one distribution are closer than samples of two different ones.
+        let b = stats(&features(500, d, 3, 0.0), d);
+        let c = stats(&features(500, d, 4, 0.3), d);
+        assert!(frechet_distance(&a, &b) < frechet_distance(&a, &c));
+        // Symmetric.
+        let (ab, ba) = (frechet_distance(&a, &b), frechet_distance(&b, &a));
+        assert!((ab - ba).abs() < 1e-8 * ab.max(1.0), "{ab} {ba}");
+    }
+
+    #[test]
+    fn fewer_images_than_features_still_give_zero_with_themselves() {
+        // 10 images of 300 features: a covariance of rank 9.
+        let d = 300;
+        let a = stats(&features(10, d, 6, 0.0), d);
+        let fid = frechet_distance(&a, &a);
+        assert!(fid.abs() < 1e-6, "{fid}");
+    }
+
+    #[test]
+    fn the_trace_term_matches_a_closed_form() {
+        // Diagonal covariances: Tr((S_a S_b)^(1/2)) = sum sqrt(a_i b_i).
+        let d = 3;
+        let diag = |v: [f64; 3]| Statistics {
+            n: 10,
+            mean: DVector::zeros(d),
+            cov: DMatrix::from_diagonal(&DVector::from_row_slice(&v)),
+        };
+        let (a, b) = (diag([1.0, 4.0, 9.0]), diag([4.0, 1.0, 1.0]));
+        let want = 14.0 + 6.0 - 2.0 * (2.0 + 2.0 + 3.0);
+        assert!((frechet_distance(&a, &b) - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn statistics_files_round_trip_and_reject_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.stats");
+        let s = stats(&features(20, 5, 5, 1.0), 5);
+        s.save(&path).unwrap();
+        assert_eq!(Statistics::load(&path).unwrap(), s);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[40] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Statistics::load(&path).unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn quantizing_rounds_to_eight_bit_levels() {
+        let mut x = vec![-1.5, -1.0, 0.0, 0.3, 1.0];
+        quantize(&mut x);
+        assert_eq!(x[0], -1.0);
+        assert_eq!(x[1], -1.0);
+        // 0 maps to level 127.5, rounded to 128.
+        assert!((x[2] - (128.0 / 127.5 - 1.0)).abs() < 1e-6);
+        assert!(((x[3] + 1.0) * 127.5 - ((0.3f32 + 1.0) * 127.5).round()).abs() < 1e-4);
+        assert_eq!(x[4], 1.0);
+    }
+}

