@@ -478,17 +478,19 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             let fid = crate::fid::frechet_distance(&stats, &reference_stats);
             println!("FID {fid:.4} ({subject} against {reference:?}, n = {n})");
-            let result = serde_json::json!({
+            let mut result = serde_json::json!({
                 "fid": fid,
                 "n": n,
                 "subject": subject,
-                "step": step,
                 "reference": format!("{reference:?}"),
-                "sampler": format!("{sampler:?}"),
-                "steps": steps,
-                "seed": seed,
                 "inception_weights": weights.display().to_string(),
             });
+            if step.is_some() {
+                result["step"] = step.into();
+                result["sampler"] = format!("{sampler:?}").into();
+                result["steps"] = steps.into();
+                result["seed"] = seed.into();
+            }
             if let Some(out) = out {
                 crate::checkpoint::write_atomic(&out, format!("{result:#}\n").as_bytes())?;
             }

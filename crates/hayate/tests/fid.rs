@@ -115,3 +115,38 @@ fn training_logs_fid_at_the_configured_steps() {
     assert!(fid[0]["fid"].as_f64().unwrap() > 0.0);
     assert!(run.join("plots/fid.png").is_file());
 }
+
+/// `hayate eval fid` on two image sets writes its result, naming what was compared and n.
+#[test]
+fn eval_fid_compares_two_cifar10_splits() {
+    let (Some(data), Some(weights)) = (common::shared_cifar10(), weights()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fid.json");
+    hayate::cli::run(hayate::cli::Cli {
+        command: hayate::cli::Command::Eval {
+            what: hayate::cli::EvalCommand::Fid {
+                checkpoint: None,
+                images: Some(hayate::cli::ImageSet::Cifar10Test),
+                n: 5,
+                reference: hayate::cli::ImageSet::Cifar10Train,
+                sampler: hayate::cli::SamplerChoice::Ddim,
+                steps: 10,
+                seed: 0,
+                batch: 5,
+                inception_weights: Some(weights),
+                data_dir: Some(data),
+                backend: hayate::backend::BackendChoice::Cpu,
+                out: Some(out.clone()),
+            },
+        },
+    })
+    .unwrap();
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(result["n"], 5);
+    assert_eq!(result["subject"], "Cifar10Test");
+    assert!(result["fid"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(result.get("sampler").is_none(), "{result}");
+}
