@@ -69,7 +69,7 @@ pub fn shuffled(b: &[f32], per: usize) -> Vec<f32> {
     out
 }
 
-/// A denoiser that keeps the predicted x_0 of up to `keep` of its calls (evenly spread).
+/// A denoiser that keeps the predicted x_0 (clipped to [-1, 1]) of every `every`-th call.
 struct Recorder<'a> {
     inner: UNetDenoiser<'a>,
     schedule: &'a NoiseSchedule,
@@ -90,7 +90,9 @@ impl Denoiser for Recorder<'_> {
                 .enumerate()
                 .map(|(i, (&xt, &o))| {
                     let ab = self.schedule.alpha_bar(t[i / per]);
-                    self.prediction.to_x0_eps(o as f64, xt as f64, ab).0 as f32
+                    // Clipped as the samplers use it: at high t the unclipped estimate is the
+                    // network's noise error magnified by 1 / sqrt(alpha_bar).
+                    (self.prediction.to_x0_eps(o as f64, xt as f64, ab).0 as f32).clamp(-1.0, 1.0)
                 })
                 .collect();
             self.x0.push((t[0], x0));
