@@ -441,15 +441,7 @@ pub fn run(cli: Cli) -> Result<()> {
             eprintln!("device: {why}; Inception weights {}", weights.display());
             let net = crate::inception::FidInception::load(&weights, &device)?;
             let stats_of = |set: ImageSet| {
-                crate::fid::dataset_statistics(
-                    &net,
-                    &weights,
-                    &data_dir,
-                    set.split(),
-                    n,
-                    batch,
-                    &cache,
-                )
+                crate::fid::dataset_statistics(&net, &data_dir, set.split(), n, batch, &cache)
             };
             let reference_stats = stats_of(reference)?;
             let (subject, stats, step) = match (checkpoint, images) {

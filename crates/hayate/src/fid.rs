@@ -235,7 +235,6 @@ pub fn statistics_of(
 /// those images' bytes and of the weights file, so each reference set is computed once.
 pub fn dataset_statistics(
     net: &FidInception,
-    weights: &Path,
     data_dir: &Path,
     split: hayate_data::Split,
     n: usize,
@@ -252,9 +251,7 @@ pub fn dataset_statistics(
     );
     let mut hasher = Sha256::new();
     hasher.update(b"hayate-fid-v1");
-    hasher.update(Sha256::digest(
-        std::fs::read(weights).with_context(|| format!("cannot read {}", weights.display()))?,
-    ));
+    hasher.update(net.weights_sha256());
     for i in 0..n {
         hasher.update(data.image(i).0);
     }
@@ -334,7 +331,6 @@ impl FidEvaluator {
         let net = FidInception::load(&weights, device)?;
         let reference = dataset_statistics(
             &net,
-            &weights,
             data_dir,
             hayate_data::Split::Train,
             config.fid_n,

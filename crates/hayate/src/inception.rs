@@ -41,16 +41,11 @@ pub fn read_weights(path: &Path) -> Result<HashMap<String, HostTensor>> {
             if view.dtype() != safetensors::Dtype::F32 {
                 continue;
             }
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                .collect();
             out.insert(
                 name,
                 HostTensor {
                     shape: view.shape().to_vec(),
-                    values,
+                    values: f32_le(view.data()),
                 },
             );
         }
@@ -61,16 +56,20 @@ pub fn read_weights(path: &Path) -> Result<HashMap<String, HostTensor>> {
                 continue;
             }
             let shape = tensor.shape().to_vec();
-            let bytes = tensor.read().with_context(context)?;
-            let values = bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                .collect();
+            let values = f32_le(&tensor.read().with_context(context)?);
             out.insert(name, HostTensor { shape, values });
         }
     }
     ensure!(!out.is_empty(), "{}: no f32 tensors", path.display());
     Ok(out)
+}
+
+/// Little-endian f32 values.
+fn f32_le(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("chunks of 4 bytes")))
+        .collect()
 }
 
 /// A convolution followed by batch norm (folded in) and ReLU.
@@ -242,12 +241,15 @@ impl Block {
 /// pytorch-fid's Inception-v3 feature network.
 #[derive(Debug, Clone)]
 pub struct FidInception {
-    stem: [ConvBn; 5],
+    stem: Vec<ConvBn>,
     blocks: Vec<Block>,
     device: Device,
+    /// SHA-256 of the weights file, which keys cached reference statistics.
+    weights_sha256: [u8; 32],
 }
 
-/// Loads a block's convolutions, each given as (branch, stride, padding), in order.
+/// Loads a block's convolutions, each given as (branch, stride, padding), in order (top-level
+/// layers when `block` is empty).
 fn convs(
     weights: &HashMap<String, HostTensor>,
     block: &str,
@@ -257,13 +259,11 @@ fn convs(
     layers
         .iter()
         .map(|(branch, stride, padding)| {
-            ConvBn::load(
-                weights,
-                &format!("{block}.{branch}"),
-                *stride,
-                *padding,
-                device,
-            )
+            let name = match block {
+                "" => branch.to_string(),
+                _ => format!("{block}.{branch}"),
+            };
+            ConvBn::load(weights, &name, *stride, *padding, device)
         })
         .collect()
 }
@@ -280,12 +280,7 @@ impl FidInception {
             ("Conv2d_3b_1x1", 1, p0),
             ("Conv2d_4a_3x3", 1, p0),
         ];
-        let stem = stem_layers
-            .iter()
-            .map(|(name, stride, padding)| ConvBn::load(weights, name, *stride, *padding, device))
-            .collect::<Result<Vec<_>>>()?
-            .try_into()
-            .expect("five stem layers");
+        let stem = convs(weights, "", &stem_layers, device)?;
         let a = |name: &str| -> Result<Block> {
             Ok(Block::A(convs(
                 weights,
@@ -379,13 +374,24 @@ impl FidInception {
             stem,
             blocks,
             device: device.clone(),
+            weights_sha256: [0; 32],
         })
     }
 
     /// Reads a weights file and builds the network on `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        Self::from_weights(&read_weights(path)?, device)
-            .with_context(|| format!("Inception weights {}", path.display()))
+        use sha2::{Digest, Sha256};
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut net = Self::from_weights(&read_weights(path)?, device)
+            .with_context(|| format!("Inception weights {}", path.display()))?;
+        net.weights_sha256 = Sha256::digest(&bytes).into();
+        Ok(net)
+    }
+
+    /// SHA-256 of the weights file the network was loaded from (zeros when built from memory).
+    pub fn weights_sha256(&self) -> &[u8; 32] {
+        &self.weights_sha256
     }
 
     /// The device the network runs on.

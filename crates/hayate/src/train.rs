@@ -406,11 +406,9 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                 if log_now {
                     read.extend(unread.take());
                 }
+                let last_good = run.report.checkpoint.as_deref();
                 let checked = read.into_iter().try_for_each(|(s, loss)| {
-                    let value = finite_loss(s, loss, run.report.checkpoint.as_deref())?;
-                    interval_loss += value;
-                    window.add_loss(value);
-                    Ok(())
+                    record_loss(s, loss, last_good, &mut interval_loss, &mut window)
                 });
                 let logged = checked.and_then(|()| {
                     if log_now {
@@ -440,12 +438,9 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
             if let Some((s, loss)) = unread.take()
                 && run.error.is_none()
             {
-                match finite_loss(s, loss, run.report.checkpoint.as_deref()) {
-                    Ok(value) => {
-                        interval_loss += value;
-                        window.add_loss(value);
-                    }
-                    Err(e) => run.error = Some(e),
+                let last_good = run.report.checkpoint.as_deref();
+                if let Err(e) = record_loss(s, loss, last_good, &mut interval_loss, &mut window) {
+                    run.error = Some(e);
                 }
             }
             if run.error.is_some() {
@@ -634,6 +629,20 @@ impl LogWindow {
             "mean_t_over_T": window.mean_t / n,
         })
     }
+}
+
+/// Reads a step's loss (see [`finite_loss`]) into the interval's sum and the log window.
+fn record_loss(
+    step: u64,
+    loss: Tensor<1>,
+    last_good: Option<&Path>,
+    interval: &mut f64,
+    window: &mut LogWindow,
+) -> Result<()> {
+    let value = finite_loss(step, loss, last_good)?;
+    *interval += value;
+    window.add_loss(value);
+    Ok(())
 }
 
 /// Reads a step's loss from the device, or stops the run if it is not finite: the parameters
