@@ -8,10 +8,15 @@ train-cifar *ARGS:
 train-tiny *ARGS:
     cargo run --release -p hayate -- train --config experiments/cifar10-tiny-baseline.toml {{ARGS}}
 
-# ImageNet is not built yet (see the ImageNet issue); this says so instead of failing obscurely.
+# Train ADM's class-conditional ImageNet 128x128 model (422M parameters) on a GPU box:
+# just train-imagenet --data-dir ~/data/imagenet/train   (the folder is prepared once into the
+# cache; a file from `just prepare-imagenet` works too). 64x64: experiments/imagenet64-baseline.toml.
 train-imagenet *ARGS:
-    @echo "ImageNet training is not built yet: the folder loader and ADM presets are still to come." >&2
-    @exit 1
+    cargo run --release -p hayate -- train --config experiments/imagenet128-baseline.toml {{ARGS}}
+
+# Pack an ImageNet-style folder into a prepared file: just prepare-imagenet ~/data/imagenet/train 128 imagenet128.hds
+prepare-imagenet SRC SIZE OUT:
+    cargo run --release -p hayate -- prepare imagenet --src {{SRC}} --size {{SIZE}} --out {{OUT}}
 
 # Write a grid of samples from a run folder or checkpoint: just sample --checkpoint runs/cifar10-baseline
 sample *ARGS:

@@ -1,6 +1,6 @@
 //! CIFAR-10 in the official binary format (`cifar-10-batches-bin`).
 
-use crate::DataError;
+use crate::{DataError, ImageSource};
 use burn::data::dataset::Dataset;
 use std::path::{Path, PathBuf};
 
@@ -66,6 +66,8 @@ pub struct CifarImage {
 pub struct Cifar10 {
     records: Vec<u8>,
     files: Vec<PathBuf>,
+    classes: Vec<String>,
+    split: Split,
 }
 
 impl Cifar10 {
@@ -88,7 +90,22 @@ impl Cifar10 {
         for path in &files {
             records.extend(read_batch_file(path)?);
         }
-        Ok(Self { records, files })
+        Ok(Self {
+            records,
+            files,
+            classes: CIFAR10_CLASSES.map(String::from).to_vec(),
+            split,
+        })
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.records.len() / RECORD_BYTES
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
     }
 
     /// The files that were found and read, in order.
@@ -163,7 +180,44 @@ impl Dataset<CifarImage, DataError> for Cifar10 {
     }
 
     fn len(&self) -> usize {
-        self.records.len() / RECORD_BYTES
+        Cifar10::len(self)
+    }
+}
+
+impl ImageSource for Cifar10 {
+    fn len(&self) -> usize {
+        Cifar10::len(self)
+    }
+
+    fn resolution(&self) -> usize {
+        32
+    }
+
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    fn read(&self, index: usize, pixels: &mut [u8]) -> Result<u32, DataError> {
+        let len = self.len();
+        if index >= len {
+            return Err(DataError::OutOfRange { index, len });
+        }
+        let (image, label) = self.image(index);
+        pixels.copy_from_slice(image);
+        Ok(label as u32)
+    }
+
+    fn describe(&self) -> String {
+        let files: Vec<String> = self.files.iter().map(|p| p.display().to_string()).collect();
+        format!(
+            "CIFAR-10: {} images of 32x32 from {}",
+            self.len(),
+            files.join(", ")
+        )
+    }
+
+    fn name(&self) -> String {
+        format!("cifar10-{}", self.split.name())
     }
 }
 

@@ -84,6 +84,26 @@ pub enum DataError {
         /// Where the bad file was moved.
         kept: PathBuf,
     },
+    /// An image folder without a single file.
+    #[error("{dir}: no image files found")]
+    NoImages {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// A class folder without files.
+    #[error("{dir}: empty class folder (every class folder must hold at least one image)")]
+    EmptyClass {
+        /// The class folder.
+        dir: PathBuf,
+    },
+    /// A prepared dataset file that is damaged or not one.
+    #[error("{path}: {reason}")]
+    BadPrepared {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl DataError {

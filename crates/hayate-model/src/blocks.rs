@@ -5,6 +5,8 @@ use burn::nn::{
 };
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::avg_pool2d;
+use burn::tensor::ops::AvgPoolOptions;
 
 /// A 3x3 convolution with "same" padding and the given stride.
 pub(crate) fn conv3x3(cin: usize, cout: usize, stride: usize, device: &Device) -> Conv2d {
@@ -71,8 +73,44 @@ impl TimestepEmbedding {
     }
 }
 
-/// Residual block: GroupNorm, SiLU, conv, timestep injection, GroupNorm, SiLU, dropout, conv,
-/// with a 1x1 convolution on the skip path when the width changes.
+/// How a residual block changes the resolution (ADM's `resblock_updown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    /// Keeps it.
+    Keep,
+    /// Halves it (2x2 average pooling).
+    Down,
+    /// Doubles it (nearest neighbour).
+    Up,
+}
+
+impl Resample {
+    fn code(self) -> usize {
+        self as usize
+    }
+
+    fn from_code(code: usize) -> Self {
+        match code {
+            1 => Self::Down,
+            2 => Self::Up,
+            _ => Self::Keep,
+        }
+    }
+
+    /// Applies the resampling without weights.
+    pub fn apply(self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Self::Keep => x,
+            Self::Down => avg_pool2d(x, AvgPoolOptions::new([2, 2])),
+            Self::Up => nearest_up(x),
+        }
+    }
+}
+
+/// Residual block: GroupNorm, SiLU, (resample), conv, timestep injection, GroupNorm, SiLU,
+/// dropout, conv, with a 1x1 convolution on the skip path when the width changes. The timestep
+/// is added (DDPM) or, with `scale_shift`, applied as a scale and shift after the second norm
+/// (ADM's `use_scale_shift_norm`).
 #[derive(Module, Debug)]
 pub struct ResBlock {
     norm0: GroupNorm,
@@ -82,43 +120,70 @@ pub struct ResBlock {
     dropout: Dropout,
     conv1: Conv2d,
     skip: Option<Conv2d>,
+    scale_shift: bool,
+    /// A [`Resample`] code (modules hold plain numbers, not enums).
+    resample: usize,
+}
+
+/// The shape of a [`ResBlock`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResBlockConfig {
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Width of the timestep embedding.
+    pub time_dim: usize,
+    /// GroupNorm groups.
+    pub groups: usize,
+    /// Dropout probability.
+    pub dropout: f64,
+    /// Timestep as scale and shift after the second norm instead of a sum before it.
+    pub scale_shift: bool,
+    /// Resolution change inside the block.
+    pub resample: Resample,
+}
+
+impl ResBlockConfig {
+    /// Builds the block on `device`.
+    pub fn init(&self, device: &Device) -> ResBlock {
+        let time_out = if self.scale_shift { 2 } else { 1 } * self.cout;
+        ResBlock {
+            norm0: group_norm(self.groups, self.cin, device),
+            conv0: conv3x3(self.cin, self.cout, 1, device),
+            time_proj: LinearConfig::new(self.time_dim, time_out).init(device),
+            norm1: group_norm(self.groups, self.cout, device),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            conv1: zero_conv(self.cout, self.cout, 3, device),
+            skip: (self.cin != self.cout).then(|| conv1x1(self.cin, self.cout, device)),
+            scale_shift: self.scale_shift,
+            resample: self.resample.code(),
+        }
+    }
 }
 
 impl ResBlock {
-    /// A block from `cin` to `cout` channels, fed a `time_dim`-wide timestep embedding.
-    pub fn new(
-        cin: usize,
-        cout: usize,
-        time_dim: usize,
-        groups: usize,
-        dropout: f64,
-        device: &Device,
-    ) -> Self {
-        Self {
-            norm0: group_norm(groups, cin, device),
-            conv0: conv3x3(cin, cout, 1, device),
-            time_proj: LinearConfig::new(time_dim, cout).init(device),
-            norm1: group_norm(groups, cout, device),
-            dropout: DropoutConfig::new(dropout).init(),
-            conv1: zero_conv(cout, cout, 3, device),
-            skip: (cin != cout).then(|| conv1x1(cin, cout, device)),
-        }
-    }
-
     /// # Shapes
     /// - `x`: `[batch, cin, h, w]`
     /// - `temb`: `[batch, time_dim]`
-    /// - output: `[batch, cout, h, w]`
+    /// - output: `[batch, cout, h', w']`, `h' = h` (or `h / 2`, `2h` when resampling)
     pub fn forward(&self, x: Tensor<4>, temb: Tensor<2>) -> Tensor<4> {
-        let h = self.conv0.forward(silu(self.norm0.forward(x.clone())));
+        let resample = Resample::from_code(self.resample);
+        let h = resample.apply(silu(self.norm0.forward(x.clone())));
+        let x = resample.apply(x);
+        let h = self.conv0.forward(h);
         let [n, c, _, _] = h.dims();
-        let h = h + self
-            .time_proj
-            .forward(silu(temb))
-            .reshape([n as i64, c as i64, 1, 1]);
-        let h = self
-            .conv1
-            .forward(self.dropout.forward(silu(self.norm1.forward(h))));
+        let t = self.time_proj.forward(silu(temb));
+        let h = if self.scale_shift {
+            let t = t.reshape([n as i64, 2 * c as i64, 1, 1]);
+            let scale = t.clone().narrow(1, 0, c);
+            let shift = t.narrow(1, c, c);
+            self.norm1.forward(h) * (scale + 1.0) + shift
+        } else {
+            self.norm1
+                .forward(h + t.reshape([n as i64, c as i64, 1, 1]))
+        };
+        let h = self.conv1.forward(self.dropout.forward(silu(h)));
         let skip = match &self.skip {
             Some(conv) => conv.forward(x),
             None => x,
@@ -127,7 +192,16 @@ impl ResBlock {
     }
 }
 
-/// Single-head self-attention over all pixels, with a residual connection (DDPM's AttnBlock).
+/// Nearest-neighbour doubling by broadcasting: each pixel becomes a 2x2 block.
+fn nearest_up(x: Tensor<4>) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h, 1, w, 1])
+        .expand([n, c, h, 2, w, 2])
+        .reshape([n, c, 2 * h, 2 * w])
+}
+
+/// Multi-head self-attention over all pixels, with a residual connection (DDPM's AttnBlock
+/// with one head; ADM's AttentionBlock with several).
 #[derive(Module, Debug)]
 pub struct AttentionBlock {
     norm: GroupNorm,
@@ -135,17 +209,24 @@ pub struct AttentionBlock {
     key: Conv2d,
     value: Conv2d,
     out: Conv2d,
+    heads: usize,
 }
 
 impl AttentionBlock {
-    /// Attention over `channels`-wide feature maps.
-    pub fn new(channels: usize, groups: usize, device: &Device) -> Self {
+    /// Attention over `channels`-wide feature maps with `heads` heads (`channels` must be a
+    /// multiple of `heads`).
+    pub fn new(channels: usize, heads: usize, groups: usize, device: &Device) -> Self {
+        assert!(
+            heads > 0 && channels.is_multiple_of(heads),
+            "{channels} channels cannot be split into {heads} heads"
+        );
         Self {
             norm: group_norm(groups, channels, device),
             query: conv1x1(channels, channels, device),
             key: conv1x1(channels, channels, device),
             value: conv1x1(channels, channels, device),
             out: zero_conv(channels, channels, 1, device),
+            heads,
         }
     }
 
@@ -154,13 +235,15 @@ impl AttentionBlock {
     /// - output: `[batch, channels, h, w]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [n, c, h, w] = x.dims();
+        let (heads, d) = (self.heads, c / self.heads);
         let normed = self.norm.forward(x.clone());
-        let flat = |t: Tensor<4>| t.reshape([n, c, h * w]);
-        let q = flat(self.query.forward(normed.clone())).swap_dims(1, 2); // [n, hw, c]
-        let k = flat(self.key.forward(normed.clone())); // [n, c, hw]
-        let v = flat(self.value.forward(normed)).swap_dims(1, 2); // [n, hw, c]
-        let weights = softmax(q.matmul(k) * (1.0 / (c as f64).sqrt()), 2); // [n, hw, hw]
-        let attended = weights.matmul(v).swap_dims(1, 2).reshape([n, c, h, w]);
+        // Each head sees its own slice of the channels.
+        let split = |t: Tensor<4>| t.reshape([n, heads, d, h * w]);
+        let q = split(self.query.forward(normed.clone())).swap_dims(2, 3); // [n, heads, hw, d]
+        let k = split(self.key.forward(normed.clone())); // [n, heads, d, hw]
+        let v = split(self.value.forward(normed)).swap_dims(2, 3); // [n, heads, hw, d]
+        let weights = softmax(q.matmul(k) * (1.0 / (d as f64).sqrt()), 3); // [n, heads, hw, hw]
+        let attended = weights.matmul(v).swap_dims(2, 3).reshape([n, c, h, w]);
         x + self.out.forward(attended)
     }
 }
@@ -205,12 +288,6 @@ impl Upsample {
     /// - `x`: `[batch, channels, h, w]`
     /// - output: `[batch, channels, 2h, 2w]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [n, c, h, w] = x.dims();
-        // Nearest-neighbour by broadcasting: each pixel becomes a 2x2 block.
-        let x = x
-            .reshape([n, c, h, 1, w, 1])
-            .expand([n, c, h, 2, w, 2])
-            .reshape([n, c, 2 * h, 2 * w]);
-        self.conv.forward(x)
+        self.conv.forward(nearest_up(x))
     }
 }

@@ -23,6 +23,30 @@ pub struct UNetConfig {
     /// Groups of every GroupNorm; each level's width must be a multiple of it.
     #[serde(default = "default_norm_groups")]
     pub norm_groups: usize,
+    /// Heads of every attention block (ignored when `head_channels` is set).
+    #[serde(default = "default_num_heads")]
+    pub num_heads: usize,
+    /// Channels per attention head: a block of width `c` gets `c / head_channels` heads (ADM's
+    /// `num_head_channels`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_channels: Option<usize>,
+    /// Feed the timestep to the residual blocks as a scale and shift of their second norm (ADM's
+    /// `use_scale_shift_norm`) instead of adding it before that norm (DDPM).
+    #[serde(default)]
+    pub scale_shift_norm: bool,
+    /// Change resolution with residual blocks that pool or upsample inside (ADM's
+    /// `resblock_updown`, from BigGAN) instead of a strided or an upsampling convolution.
+    #[serde(default)]
+    pub resblock_updown: bool,
+    /// Classes of a class-conditional model, 0 for an unconditional one. A conditional model
+    /// embeds the label (one extra row stands for "no label", used for classifier-free guidance)
+    /// and adds it to the timestep embedding, as ADM does.
+    #[serde(default)]
+    pub num_classes: usize,
+}
+
+fn default_num_heads() -> usize {
+    1
 }
 
 fn default_image_channels() -> usize {
@@ -80,6 +104,50 @@ impl UNetConfig {
             attention_resolutions: vec![16],
             dropout: 0.1,
             norm_groups: 32,
+            num_heads: 1,
+            head_channels: None,
+            scale_shift_norm: false,
+            resblock_updown: false,
+            num_classes: 0,
+        }
+    }
+
+    /// ADM's class-conditional ImageNet 64x64 model (Dhariwal & Nichol 2021, guided-diffusion's
+    /// released flags): 192 channels, multipliers (1, 2, 3, 4), three residual blocks per level,
+    /// attention at 32, 16 and 8 with 64 channels per head, scale-shift norm, resampling residual
+    /// blocks, dropout 0.1, 1000 classes. It predicts the noise only (3 output channels, where
+    /// ADM also learns the variance with 6).
+    pub fn adm_imagenet64() -> Self {
+        Self {
+            resolution: 64,
+            image_channels: 3,
+            base_channels: 192,
+            channel_mult: vec![1, 2, 3, 4],
+            num_res_blocks: 3,
+            attention_resolutions: vec![32, 16, 8],
+            dropout: 0.1,
+            norm_groups: 32,
+            num_heads: 4,
+            head_channels: Some(64),
+            scale_shift_norm: true,
+            resblock_updown: true,
+            num_classes: 1000,
+        }
+    }
+
+    /// ADM's class-conditional ImageNet 128x128 model: 256 channels, multipliers
+    /// (1, 1, 2, 3, 4), two residual blocks per level, attention at 32, 16 and 8 with 4 heads,
+    /// scale-shift norm, resampling residual blocks, 1000 classes; noise prediction only, as
+    /// [`UNetConfig::adm_imagenet64`].
+    pub fn adm_imagenet128() -> Self {
+        Self {
+            resolution: 128,
+            base_channels: 256,
+            channel_mult: vec![1, 1, 2, 3, 4],
+            num_res_blocks: 2,
+            head_channels: None,
+            dropout: 0.0,
+            ..Self::adm_imagenet64()
         }
     }
 
@@ -95,20 +163,36 @@ impl UNetConfig {
             attention_resolutions: vec![16],
             dropout: 0.0,
             norm_groups: 8,
+            num_heads: 1,
+            head_channels: None,
+            scale_shift_norm: false,
+            resblock_updown: false,
+            num_classes: 0,
         }
     }
 
-    /// The preset with this name (`ddpm_cifar10`, `tiny`).
+    /// The preset with this name (see [`UNetConfig::PRESETS`]).
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "ddpm_cifar10" => Some(Self::ddpm_cifar10()),
             "tiny" => Some(Self::tiny()),
+            "adm_imagenet64" => Some(Self::adm_imagenet64()),
+            "adm_imagenet128" => Some(Self::adm_imagenet128()),
             _ => None,
         }
     }
 
     /// Names of the presets that [`UNetConfig::preset`] knows.
-    pub const PRESETS: [&'static str; 2] = ["ddpm_cifar10", "tiny"];
+    pub const PRESETS: [&'static str; 4] =
+        ["ddpm_cifar10", "tiny", "adm_imagenet64", "adm_imagenet128"];
+
+    /// Attention heads of a block of width `channels`.
+    pub fn heads(&self, channels: usize) -> usize {
+        match self.head_channels {
+            Some(per_head) => channels / per_head.max(1),
+            None => self.num_heads,
+        }
+    }
 
     /// Width of the timestep embedding (4x the base width, as in DDPM).
     pub fn time_embed_dim(&self) -> usize {
@@ -141,6 +225,9 @@ impl UNetConfig {
             ("num_res_blocks", self.num_res_blocks, 64),
             ("image_channels", self.image_channels, 64),
             ("resolution", self.resolution, 8192),
+            ("num_heads", self.num_heads, 1024),
+            ("head_channels", self.head_channels.unwrap_or(1), 8192),
+            ("num_classes", self.num_classes, 1_000_000),
         ] {
             if value > max {
                 return err(format!("{name} ({value}) must be at most {max}"));
@@ -187,6 +274,32 @@ impl UNetConfig {
             return err(format!(
                 "attention resolution {r} is not one of the levels' resolutions {reachable:?}"
             ));
+        }
+        if self.num_heads == 0 || self.head_channels == Some(0) {
+            return err("num_heads and head_channels must be positive".into());
+        }
+        let plan = self.plan();
+        let attention_widths = plan
+            .down
+            .iter()
+            .chain(&plan.up)
+            .flat_map(|(blocks, _)| blocks)
+            .filter(|b| b.attention)
+            .map(|b| b.out_channels)
+            .chain(std::iter::once(plan.middle.0));
+        for c in attention_widths {
+            let heads = self.heads(c);
+            let uneven = self.head_channels.is_some_and(|h| !c.is_multiple_of(h));
+            if heads == 0 || !c.is_multiple_of(heads) || uneven {
+                let split = self
+                    .head_channels
+                    .map_or(format!("{} heads", self.num_heads), |h| {
+                        format!("heads of {h} channels")
+                    });
+                return err(format!(
+                    "an attention block of width {c} cannot be split into {split}"
+                ));
+            }
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return err(format!("dropout {} must be in [0, 1)", self.dropout));
@@ -258,10 +371,11 @@ impl UNetConfig {
         };
         let temb = self.time_embed_dim();
         let linear = |i: usize, o: usize| 2 * (i * o) as u64;
+        let time_outputs = if self.scale_shift_norm { 2 } else { 1 };
         let res_block = |b: &BlockPlan| -> u64 {
             let mut f = conv(b.in_channels, b.out_channels, 3, b.resolution)
                 + conv(b.out_channels, b.out_channels, 3, b.resolution)
-                + linear(temb, b.out_channels);
+                + linear(temb, time_outputs * b.out_channels);
             if b.in_channels != b.out_channels {
                 f += conv(b.in_channels, b.out_channels, 1, b.resolution);
             }
@@ -279,6 +393,20 @@ impl UNetConfig {
                     0
                 }
         };
+        // Either a 3x3 convolution at the new resolution or a residual block working there.
+        let resample = |last: &BlockPlan, res: usize| -> u64 {
+            let c = last.out_channels;
+            if self.resblock_updown {
+                res_block(&BlockPlan {
+                    in_channels: c,
+                    out_channels: c,
+                    resolution: res,
+                    attention: false,
+                })
+            } else {
+                conv(c, c, 3, res)
+            }
+        };
         let plan = self.plan();
         let ch = self.base_channels;
         let mut total = linear(ch, temb) + linear(temb, temb);
@@ -286,8 +414,7 @@ impl UNetConfig {
         for (blocks, downsample) in &plan.down {
             total += blocks.iter().map(block).sum::<u64>();
             if *downsample {
-                let last = blocks[blocks.len() - 1];
-                total += conv(last.out_channels, last.out_channels, 3, last.resolution / 2);
+                total += resample(&blocks[blocks.len() - 1], blocks[0].resolution / 2);
             }
         }
         let (mc, mr) = plan.middle;
@@ -301,8 +428,7 @@ impl UNetConfig {
         for (blocks, upsample) in &plan.up {
             total += blocks.iter().map(block).sum::<u64>();
             if *upsample {
-                let last = blocks[blocks.len() - 1];
-                total += conv(last.out_channels, last.out_channels, 3, last.resolution * 2);
+                total += resample(&blocks[blocks.len() - 1], blocks[0].resolution * 2);
             }
         }
         total + conv(ch, self.image_channels, 3, self.resolution)

@@ -17,6 +17,8 @@ mod blocks;
 mod config;
 mod unet;
 
-pub use blocks::{AttentionBlock, Downsample, ResBlock, TimestepEmbedding, Upsample};
+pub use blocks::{
+    AttentionBlock, Downsample, ResBlock, ResBlockConfig, Resample, TimestepEmbedding, Upsample,
+};
 pub use config::{ModelConfigError, UNetConfig};
 pub use unet::UNet;

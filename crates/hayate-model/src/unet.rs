@@ -1,11 +1,14 @@
-use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
+use burn::nn::{Embedding, EmbeddingConfig, GroupNorm};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use crate::blocks::{conv3x3, group_norm, zero_conv};
 use crate::config::BlockPlan;
-use crate::{AttentionBlock, Downsample, ResBlock, TimestepEmbedding, UNetConfig, Upsample};
+use crate::{
+    AttentionBlock, Downsample, ResBlock, ResBlockConfig, Resample, TimestepEmbedding, UNetConfig,
+    Upsample,
+};
 
 /// A residual block, optionally followed by self-attention.
 #[derive(Module, Debug)]
@@ -16,19 +19,13 @@ struct Stage {
 
 impl Stage {
     fn new(plan: &BlockPlan, config: &UNetConfig, device: &Device) -> Self {
-        let groups = config.norm_groups;
         Self {
-            res: ResBlock::new(
-                plan.in_channels,
-                plan.out_channels,
-                config.time_embed_dim(),
-                groups,
-                config.dropout,
-                device,
-            ),
+            res: config
+                .res_block(plan.in_channels, plan.out_channels, Resample::Keep)
+                .init(device),
             attention: plan
                 .attention
-                .then(|| AttentionBlock::new(plan.out_channels, groups, device)),
+                .then(|| config.attention(plan.out_channels, device)),
         }
     }
 
@@ -41,24 +38,32 @@ impl Stage {
     }
 }
 
-/// One resolution level of the down path: its stages, then an optional downsample.
+/// One resolution level of the down path: its stages, then an optional downsample (a strided
+/// convolution, or a residual block that pools).
 #[derive(Module, Debug)]
 struct DownLevel {
     stages: Vec<Stage>,
     resample: Option<Downsample>,
+    resample_block: Option<ResBlock>,
 }
 
-/// One resolution level of the up path: its stages, then an optional upsample.
+/// One resolution level of the up path: its stages, then an optional upsample (a convolution
+/// after nearest-neighbour doubling, or a residual block that doubles).
 #[derive(Module, Debug)]
 struct UpLevel {
     stages: Vec<Stage>,
     resample: Option<Upsample>,
+    resample_block: Option<ResBlock>,
 }
 
 /// The DDPM/ADM UNet: predicts the noise (or v, or x_0) from a noisy image and its timestep.
 #[derive(Module, Debug)]
 pub struct UNet {
     time_embed: TimestepEmbedding,
+    /// Class embedding of a conditional model; row `num_classes` stands for "no label".
+    label_embed: Option<Embedding>,
+    num_classes: usize,
+    resolution: usize,
     conv_in: Conv2d,
     down: Vec<DownLevel>,
     mid_res0: ResBlock,
@@ -70,6 +75,24 @@ pub struct UNet {
 }
 
 impl UNetConfig {
+    /// A residual block of this network's kind.
+    fn res_block(&self, cin: usize, cout: usize, resample: Resample) -> ResBlockConfig {
+        ResBlockConfig {
+            cin,
+            cout,
+            time_dim: self.time_embed_dim(),
+            groups: self.norm_groups,
+            dropout: self.dropout,
+            scale_shift: self.scale_shift_norm,
+            resample,
+        }
+    }
+
+    /// An attention block of this network's kind for `channels`-wide maps.
+    fn attention(&self, channels: usize, device: &Device) -> AttentionBlock {
+        AttentionBlock::new(channels, self.heads(channels), self.norm_groups, device)
+    }
+
     /// Builds the network on `device`.
     ///
     /// # Panics
@@ -88,26 +111,37 @@ impl UNetConfig {
         };
         let width = |blocks: &[BlockPlan]| blocks[blocks.len() - 1].out_channels;
         let (mid, _) = plan.middle;
+        let updown = self.resblock_updown;
+        let block = |c: usize, resample| self.res_block(c, c, resample).init(device);
         UNet {
             time_embed: TimestepEmbedding::new(ch, temb, device),
+            label_embed: (self.num_classes > 0)
+                .then(|| EmbeddingConfig::new(self.num_classes + 1, temb).init(device)),
+            num_classes: self.num_classes,
+            resolution: self.resolution,
             conv_in: conv3x3(self.image_channels, ch, 1, device),
             down: plan
                 .down
                 .iter()
                 .map(|(blocks, resample)| DownLevel {
                     stages: stages(blocks),
-                    resample: resample.then(|| Downsample::new(width(blocks), device)),
+                    resample: (*resample && !updown)
+                        .then(|| Downsample::new(width(blocks), device)),
+                    resample_block: (*resample && updown)
+                        .then(|| block(width(blocks), Resample::Down)),
                 })
                 .collect(),
-            mid_res0: ResBlock::new(mid, mid, temb, groups, self.dropout, device),
-            mid_attention: AttentionBlock::new(mid, groups, device),
-            mid_res1: ResBlock::new(mid, mid, temb, groups, self.dropout, device),
+            mid_res0: block(mid, Resample::Keep),
+            mid_attention: self.attention(mid, device),
+            mid_res1: block(mid, Resample::Keep),
             up: plan
                 .up
                 .iter()
                 .map(|(blocks, resample)| UpLevel {
                     stages: stages(blocks),
-                    resample: resample.then(|| Upsample::new(width(blocks), device)),
+                    resample: (*resample && !updown).then(|| Upsample::new(width(blocks), device)),
+                    resample_block: (*resample && updown)
+                        .then(|| block(width(blocks), Resample::Up)),
                 })
                 .collect(),
             norm_out: group_norm(groups, ch, device),
@@ -117,6 +151,16 @@ impl UNetConfig {
 }
 
 impl UNet {
+    /// Side length of the images the network was built for.
+    pub fn resolution(&self) -> usize {
+        self.resolution
+    }
+
+    /// Classes of a class-conditional network (0: unconditional).
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
     /// Predicts the network target for noisy images `x` at timesteps `t`.
     ///
     /// # Shapes
@@ -124,8 +168,30 @@ impl UNet {
     ///   2^(levels-1) works, since the network is fully convolutional)
     /// - `t`: `[batch]`, timesteps as floats in `[0, T)`
     /// - output: the same shape as `x`
+    ///
+    /// A class-conditional model predicts without a label here (the "no label" row that
+    /// classifier-free guidance uses); see [`UNet::forward_labelled`].
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
-        let temb = self.time_embed.forward(t);
+        self.forward_labelled(x, t, None)
+    }
+
+    /// [`UNet::forward`] with class labels: `labels` is `[batch]`, each in `0..=num_classes`
+    /// (`num_classes` meaning "no label"); `None` means no label for every image. An
+    /// unconditional model ignores labels.
+    pub fn forward_labelled(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        labels: Option<Tensor<1, Int>>,
+    ) -> Tensor<4> {
+        let [n] = t.dims();
+        let mut temb = self.time_embed.forward(t);
+        if let Some(embed) = &self.label_embed {
+            let labels = labels
+                .unwrap_or_else(|| Tensor::full([n], self.num_classes as i64, &temb.device()));
+            let [_, width] = temb.dims();
+            temb = temb + embed.forward(labels.reshape([n, 1])).reshape([n, width]);
+        }
         let mut h = self.conv_in.forward(x);
         let mut skips = vec![h.clone()];
         for level in &self.down {
@@ -135,6 +201,10 @@ impl UNet {
             }
             if let Some(down) = &level.resample {
                 h = down.forward(h);
+                skips.push(h.clone());
+            }
+            if let Some(down) = &level.resample_block {
+                h = down.forward(h, temb.clone());
                 skips.push(h.clone());
             }
         }
@@ -148,6 +218,9 @@ impl UNet {
             }
             if let Some(up) = &level.resample {
                 h = up.forward(h);
+            }
+            if let Some(up) = &level.resample_block {
+                h = up.forward(h, temb.clone());
             }
         }
         self.conv_out.forward(silu(self.norm_out.forward(h)))
@@ -173,6 +246,56 @@ mod tests {
     }
 
     const TINY_PARAMS: usize = 702_499;
+
+    /// A small ADM-style model: 64 channels, two levels, attention at 16x16 with 32 channels per
+    /// head, 10 classes.
+    fn small_adm(updown_and_scale_shift: bool) -> UNetConfig {
+        UNetConfig {
+            resolution: 32,
+            base_channels: 64,
+            channel_mult: vec![1, 2],
+            num_res_blocks: 1,
+            attention_resolutions: vec![16],
+            dropout: 0.0,
+            head_channels: Some(32),
+            scale_shift_norm: updown_and_scale_shift,
+            resblock_updown: updown_and_scale_shift,
+            num_classes: 10,
+            ..UNetConfig::adm_imagenet64()
+        }
+    }
+
+    // Reference counts from guided-diffusion's UNetModel (commit 22e0df8) run by PyTorch with the
+    // same settings and `learn_sigma=False`, plus one embedding row (time_embed_dim parameters)
+    // for hayate's "no label" class, which ADM does not have.
+    #[test]
+    fn adm_style_models_match_guided_diffusions_parameter_counts() {
+        let device = Device::flex();
+        assert_eq!(small_adm(true).init(&device).num_params(), 3_295_939 + 256);
+        assert_eq!(small_adm(false).init(&device).num_params(), 2_798_147 + 256);
+    }
+
+    #[test]
+    fn adm_imagenet_presets_match_guided_diffusions_parameter_counts() {
+        let device = Device::flex();
+        let m64 = UNetConfig::adm_imagenet64().init(&device).num_params();
+        assert_eq!(m64, 295_899_267 + 768);
+        let m128 = UNetConfig::adm_imagenet128().init(&device).num_params();
+        assert_eq!(m128, 421_522_691 + 1024);
+    }
+
+    #[test]
+    fn class_conditional_models_take_labels_and_keep_shapes() {
+        let device = Device::flex();
+        let model = small_adm(true).init(&device);
+        assert_eq!((model.num_classes(), model.resolution()), (10, 32));
+        let x = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &device);
+        let t = Tensor::<1>::from_floats([3.0, 900.0], &device);
+        let labels = Tensor::<1, Int>::from_ints([3, 10], &device);
+        let y = model.forward_labelled(x.clone(), t.clone(), Some(labels));
+        assert_eq!(y.dims(), [2, 3, 32, 32]);
+        assert_eq!(model.forward(x, t).dims(), [2, 3, 32, 32]);
+    }
 
     fn output_shape_matches_input(config: UNetConfig, side: usize) {
         let device = Device::flex();

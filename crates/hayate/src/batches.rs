@@ -5,9 +5,9 @@ use crate::config::RunConfig;
 use crate::step::DenoisingBatch;
 use anyhow::Result;
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
-use burn::data::dataset::{Dataset, DatasetError};
+use burn::data::dataset::DatasetError;
 use burn::prelude::*;
-use hayate_data::{Cifar10, image_to_unit_range};
+use hayate_data::{DataError, ImageSource, image_to_unit_range};
 use hayate_schedule::{HostRng, NoiseSchedule, Prediction, TimestepSampler, fill_standard_normal};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -59,7 +59,7 @@ pub struct SourceState {
 /// Builds training batches from a dataset, a noise schedule and a timestep sampler.
 pub struct BatchSource {
     /// The images.
-    pub dataset: Arc<Cifar10>,
+    pub dataset: Arc<dyn ImageSource>,
     /// The noise schedule.
     pub schedule: NoiseSchedule,
     /// What the network is trained to predict.
@@ -74,6 +74,10 @@ pub struct BatchSource {
     pub total_steps: u64,
     /// Mirror images at random.
     pub random_flip: bool,
+    /// Classes of a class-conditional model (0: labels are not used).
+    pub num_classes: usize,
+    /// Probability of replacing a label by "no label" (`num_classes`).
+    pub label_dropout: f64,
     /// The sequence position.
     pub state: SourceState,
 }
@@ -81,8 +85,12 @@ pub struct BatchSource {
 /// A batch on the host, before it is moved to a device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostBatch {
-    /// Noisy images, flattened `[N, 3, 32, 32]`.
+    /// Side length of the images.
+    pub size: usize,
+    /// Noisy images, flattened `[N, 3, size, size]`.
     pub x_t: Vec<f32>,
+    /// Class labels for a class-conditional model (`num_classes` meaning "no label").
+    pub labels: Option<Vec<u32>>,
     /// Timesteps.
     pub t: Vec<usize>,
     /// Regression targets, flattened like `x_t`.
@@ -98,7 +106,11 @@ pub struct HostBatch {
 impl BatchSource {
     /// The batch source of a run: schedule, timestep sampler and loss weight from `config`,
     /// continuing from `state`.
-    pub fn new(dataset: Arc<Cifar10>, config: &RunConfig, state: SourceState) -> Result<Self> {
+    pub fn new(
+        dataset: Arc<dyn ImageSource>,
+        config: &RunConfig,
+        state: SourceState,
+    ) -> Result<Self> {
         let schedule = config.diffusion.schedule()?;
         let loss_weights = config
             .diffusion
@@ -108,7 +120,23 @@ impl BatchSource {
             .map(|w| w as f32)
             .collect();
         let sampler = config.diffusion.timestep_sampler.build(&schedule)?;
+        let num_classes = config.model.resolve()?.num_classes;
+        let classes = dataset.classes().len();
+        if num_classes > 0 && classes != num_classes {
+            anyhow::bail!(
+                "model.num_classes is {num_classes}, but the training images have {}: {} \
+                 (set model.num_classes = {classes}, or 0 for an unconditional model)",
+                if classes == 0 {
+                    "no classes".into()
+                } else {
+                    format!("{classes} classes")
+                },
+                dataset.describe()
+            );
+        }
         Ok(Self {
+            num_classes,
+            label_dropout: config.train.label_dropout,
             dataset,
             schedule,
             prediction: config.diffusion.prediction,
@@ -121,12 +149,16 @@ impl BatchSource {
         })
     }
 
-    /// Draws the next batch and advances the step.
-    pub fn next_batch(&mut self) -> HostBatch {
+    /// Draws the next batch and advances the step; an image that cannot be read is an error
+    /// (and the step is not taken).
+    pub fn next_batch(&mut self) -> Result<HostBatch, DataError> {
         let n = self.batch_size;
-        let per = hayate_data::IMAGE_BYTES;
+        let size = self.dataset.resolution();
+        let per = 3 * size * size;
         let state = &mut self.state;
         let mut x0 = vec![0f32; n * per];
+        let mut labels = Vec::with_capacity(n);
+        let mut pixels = vec![0u8; per];
         for dst in x0.chunks_exact_mut(per) {
             if state.cursor >= state.order.len() {
                 state.order = shuffled(self.dataset.len(), &mut state.streams.data);
@@ -135,7 +167,16 @@ impl BatchSource {
             let index = state.order[state.cursor] as usize;
             state.cursor += 1;
             let flip = self.random_flip && state.streams.data.random::<bool>();
-            image_to_unit_range(self.dataset.image(index).0, 32, flip, dst);
+            let mut label = self.dataset.read(index, &mut pixels)?;
+            // Drawn only when used, so unconditional runs keep their data order.
+            if self.num_classes > 0
+                && self.label_dropout > 0.0
+                && state.streams.data.random::<f64>() < self.label_dropout
+            {
+                label = self.num_classes as u32;
+            }
+            labels.push(label);
+            image_to_unit_range(&pixels, size, flip, dst);
         }
         let t = self
             .sampler
@@ -158,14 +199,16 @@ impl BatchSource {
         }
         let dropout_seed = state.streams.dropout.next_u64();
         state.step += 1;
-        HostBatch {
+        Ok(HostBatch {
+            size,
             x_t,
+            labels: (self.num_classes > 0).then_some(labels),
             t,
             target,
             weight,
             mean_t_over_t: t_sum / n as f64,
             dropout_seed,
-        }
+        })
     }
 }
 
@@ -182,7 +225,7 @@ impl HostBatch {
     /// Moves the batch to `device`, seeding the device's dropout first.
     pub fn to_device(&self, device: &Device) -> DenoisingBatch {
         let n = self.t.len();
-        let shape = [n, 3, 32, 32];
+        let shape = [n, 3, self.size, self.size];
         device.seed(self.dropout_seed);
         let t: Vec<f32> = self.t.iter().map(|&t| t as f32).collect();
         DenoisingBatch {
@@ -190,6 +233,10 @@ impl HostBatch {
             t: Tensor::from_data(TensorData::new(t, [n]), device),
             target: Tensor::from_data(TensorData::new(self.target.clone(), shape), device),
             weight: Tensor::from_data(TensorData::new(self.weight.clone(), [n]), device),
+            labels: self.labels.as_ref().map(|labels| {
+                let labels: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+                Tensor::from_data(TensorData::new(labels, [n]), device)
+            }),
             mean_t_over_t: self.mean_t_over_t,
         }
     }
@@ -228,7 +275,12 @@ impl Iterator for StepIter<'_> {
             return None;
         }
         self.done += 1;
-        Some(Ok(source.next_batch().to_device(&self.loader.device)))
+        Some(
+            source
+                .next_batch()
+                .map(|batch| batch.to_device(&self.loader.device))
+                .map_err(DatasetError::new),
+        )
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::backend::{BackendChoice, select};
 use crate::checkpoint::Checkpoint;
 use crate::config::RunConfig;
-use crate::sample::{generate, save_grid};
+use crate::sample::{Guidance, generate, save_grid};
 use crate::train::{TrainOptions, load_ema, train};
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -33,8 +33,10 @@ pub enum Command {
         /// Where to run: auto picks WGPU on a hardware GPU, else the CPU backend.
         #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
         backend: BackendChoice,
-        /// A local CIFAR-10 folder (cifar-10-batches-bin); otherwise $HAYATE_CIFAR10_DIR or the
-        /// cache, downloading there if needed.
+        /// The training images (overrides data.dir). CIFAR-10: a local folder
+        /// (cifar-10-batches-bin), else $HAYATE_CIFAR10_DIR or the cache, downloading there if
+        /// needed. Image folder: the folder (prepared into the cache on first use) or a file
+        /// written by `hayate prepare`.
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// The run folder (default runs/<config name>).
@@ -74,6 +76,14 @@ pub enum Command {
         /// Seed of the starting noise and the per-step noise.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Class-conditional models: draw every image of this class (default: the classes in
+        /// turn).
+        #[arg(long)]
+        class: Option<u32>,
+        /// Class-conditional models: the classifier-free guidance scale (1: the conditional
+        /// model alone, 0: the unconditional one; default: the run's sampling.cfg_scale).
+        #[arg(long)]
+        cfg_scale: Option<f64>,
         /// The PNG to write.
         #[arg(long, default_value = "grid.png")]
         out: PathBuf,
@@ -139,6 +149,12 @@ pub enum Command {
         #[command(subcommand)]
         action: ScheduleAction,
     },
+    /// Pack an image folder into a prepared file that training reads without decoding.
+    Prepare {
+        /// What to prepare.
+        #[command(subcommand)]
+        what: PrepareCommand,
+    },
     /// Redraw a run's charts (loss, lr, beta1, mean t/T against step) into RUN_DIR/plots.
     Plot {
         /// The run folder (holding metrics.jsonl).
@@ -149,6 +165,30 @@ pub enum Command {
         /// The experiment config.
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+/// `hayate prepare` sources.
+#[derive(Debug, Subcommand)]
+pub enum PrepareCommand {
+    /// An ImageNet-style training folder (one subfolder of JPEG/PNG files per class), or any
+    /// folder of images: each image is shrunk on its short side and centre-cropped to SIZE x
+    /// SIZE. Broken and non-image files are listed and skipped; an interrupted prepare resumes
+    /// when run again with the same arguments.
+    #[command(visible_alias = "folder")]
+    Imagenet {
+        /// The source folder.
+        #[arg(long)]
+        src: PathBuf,
+        /// Side length of the prepared images (the model's resolution).
+        #[arg(long)]
+        size: usize,
+        /// The prepared file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Decoding threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
 
@@ -169,6 +209,13 @@ pub enum EvalCommand {
         /// The reference set.
         #[arg(long = "ref", value_enum, default_value_t = ImageSet::Cifar10Train)]
         reference: ImageSet,
+        /// A prepared file (`hayate prepare`) as the reference set instead of --ref.
+        #[arg(long)]
+        ref_prepared: Option<PathBuf>,
+        /// Class-conditional models: the classifier-free guidance scale (default: the run's
+        /// sampling.cfg_scale).
+        #[arg(long)]
+        cfg_scale: Option<f64>,
         /// The reverse process for samples.
         #[arg(long, value_enum, default_value_t = SamplerChoice::Ddim)]
         sampler: SamplerChoice,
@@ -331,6 +378,8 @@ pub fn run(cli: Cli) -> Result<()> {
             steps,
             eta,
             seed,
+            class,
+            cfg_scale,
             out,
             backend,
         } => {
@@ -348,6 +397,23 @@ pub fn run(cli: Cli) -> Result<()> {
                 loaded.step()
             );
             let model = load_ema(&loaded, &device)?;
+            let scale = cfg_scale.unwrap_or(config.sampling.cfg_scale);
+            let classes = model.num_classes();
+            let guidance = match class {
+                Some(c) if (c as usize) >= classes => bail!(
+                    "--class {c}: the model has {classes} classes{}",
+                    if classes == 0 {
+                        " (it is unconditional)"
+                    } else {
+                        ""
+                    }
+                ),
+                Some(c) => Some(Guidance {
+                    labels: vec![c; n],
+                    scale,
+                }),
+                None => Guidance::for_grid(&model, n, scale),
+            };
             let images = generate(
                 &model,
                 &device,
@@ -356,9 +422,33 @@ pub fn run(cli: Cli) -> Result<()> {
                 chosen.as_ref(),
                 n,
                 seed,
+                guidance.as_ref(),
             );
-            save_grid(&images, 32, &out)?;
+            save_grid(&images, model.resolution(), &out)?;
             println!("wrote {n} samples to {}", out.display());
+            Ok(())
+        }
+        Command::Prepare {
+            what:
+                PrepareCommand::Imagenet {
+                    src,
+                    size,
+                    out,
+                    threads,
+                },
+        } => {
+            if size == 0 || size > 4096 {
+                bail!("--size must be in 1..=4096");
+            }
+            let folder = hayate_data::ImageFolder::scan(&src)?;
+            eprintln!(
+                "{}: {} files in {} classes",
+                src.display(),
+                folder.files.len(),
+                folder.classes.len()
+            );
+            let threads = threads.unwrap_or_else(crate::dataset::default_threads);
+            crate::dataset::prepare_with_progress(&folder, size, &out, threads)?;
             Ok(())
         }
         Command::Bench {
@@ -421,6 +511,8 @@ pub fn run(cli: Cli) -> Result<()> {
                     images,
                     n,
                     reference,
+                    ref_prepared,
+                    cfg_scale,
                     sampler,
                     steps,
                     seed,
@@ -436,14 +528,22 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             let cache = crate::train::cache_dir();
             let weights = crate::fid::inception_weights(inception_weights.as_deref(), &cache)?;
-            let data_dir = hayate_data::cifar10_dir(data_dir.as_deref(), &cache)?;
             let (device, why) = select(backend)?;
             eprintln!("device: {why}; Inception weights {}", weights.display());
             let net = crate::inception::FidInception::load(&weights, &device)?;
-            let stats_of = |set: ImageSet| {
-                crate::fid::dataset_statistics(&net, &data_dir, set.split(), n, batch, &cache)
+            let stats_of = |set: ImageSet| -> Result<_> {
+                let dir = hayate_data::cifar10_dir(data_dir.as_deref(), &cache)?;
+                let data = hayate_data::Cifar10::open(&dir, set.split())?;
+                crate::fid::dataset_statistics(&net, &data, n, batch, &cache)
             };
-            let reference_stats = stats_of(reference)?;
+            let (reference_name, reference_stats) = match &ref_prepared {
+                Some(path) => {
+                    let data = hayate_data::PreparedImages::open(path)?;
+                    let stats = crate::fid::dataset_statistics(&net, &data, n, batch, &cache)?;
+                    (path.display().to_string(), stats)
+                }
+                None => (format!("{reference:?}"), stats_of(reference)?),
+            };
             let (subject, stats, step) = match (checkpoint, images) {
                 (Some(checkpoint), None) => {
                     let (path, loaded) = Checkpoint::load_newest_valid(&checkpoint)?;
@@ -462,6 +562,7 @@ pub fn run(cli: Cli) -> Result<()> {
                         n,
                         batch,
                         seed,
+                        cfg_scale.unwrap_or(config.sampling.cfg_scale),
                     )?;
                     (path.display().to_string(), stats, Some(loaded.step()))
                 }
@@ -469,12 +570,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 _ => bail!("give --checkpoint or --images"),
             };
             let fid = crate::fid::frechet_distance(&stats, &reference_stats);
-            println!("FID {fid:.4} ({subject} against {reference:?}, n = {n})");
+            println!("FID {fid:.4} ({subject} against {reference_name}, n = {n})");
             let mut result = serde_json::json!({
                 "fid": fid,
                 "n": n,
                 "subject": subject,
-                "reference": format!("{reference:?}"),
+                "reference": reference_name,
                 "inception_weights": weights.display().to_string(),
             });
             if step.is_some() {

@@ -39,6 +39,8 @@ pub struct RunConfig {
 pub struct ModelSection {
     /// Starting point: one of `UNetConfig::PRESETS`.
     pub preset: String,
+    /// Overrides of the preset's image resolution.
+    pub resolution: Option<usize>,
     /// Overrides of the preset's base width.
     pub base_channels: Option<usize>,
     /// Overrides of the preset's channel multipliers.
@@ -51,6 +53,16 @@ pub struct ModelSection {
     pub dropout: Option<f64>,
     /// Overrides of the preset's GroupNorm groups.
     pub norm_groups: Option<usize>,
+    /// Overrides of the preset's attention heads.
+    pub num_heads: Option<usize>,
+    /// Overrides of the preset's channels per attention head.
+    pub head_channels: Option<usize>,
+    /// Overrides of the preset's scale-shift norm.
+    pub scale_shift_norm: Option<bool>,
+    /// Overrides of the preset's resampling residual blocks.
+    pub resblock_updown: Option<bool>,
+    /// Overrides of the preset's class count (0: unconditional; else the dataset's classes).
+    pub num_classes: Option<usize>,
 }
 
 impl ModelSection {
@@ -63,6 +75,9 @@ impl ModelSection {
                 UNetConfig::PRESETS.join(", ")
             );
         };
+        if let Some(v) = self.resolution {
+            c.resolution = v;
+        }
         if let Some(v) = self.base_channels {
             c.base_channels = v;
         }
@@ -80,6 +95,21 @@ impl ModelSection {
         }
         if let Some(v) = self.norm_groups {
             c.norm_groups = v;
+        }
+        if let Some(v) = self.num_heads {
+            c.num_heads = v;
+        }
+        if self.head_channels.is_some() {
+            c.head_channels = self.head_channels;
+        }
+        if let Some(v) = self.scale_shift_norm {
+            c.scale_shift_norm = v;
+        }
+        if let Some(v) = self.resblock_updown {
+            c.resblock_updown = v;
+        }
+        if let Some(v) = self.num_classes {
+            c.num_classes = v;
         }
         c.validate().context("model")?;
         Ok(c)
@@ -168,6 +198,10 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Checkpoints kept; older ones are deleted.
     pub keep_checkpoints: usize,
+    /// Class-conditional models: the probability that an image's label is replaced by "no
+    /// label", so the one network also learns the unconditional prediction that
+    /// classifier-free guidance needs (0.1 is usual; 0 trains a purely conditional model).
+    pub label_dropout: f64,
     /// The seed every random stream derives from (overridden by `--seed`).
     pub seed: u64,
 }
@@ -190,6 +224,7 @@ impl Default for TrainConfig {
             checkpoint_every: 5000,
             log_every: 100,
             keep_checkpoints: 3,
+            label_dropout: 0.0,
             seed: 0,
         }
     }
@@ -221,19 +256,32 @@ impl TrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// The dataset; `cifar10` for now.
-    pub dataset: String,
-    /// A local folder with the dataset's files; when absent, `$HAYATE_CIFAR10_DIR` or the cache
-    /// (downloading there if needed). `--data-dir` overrides it.
+    /// Which images.
+    pub dataset: DatasetKind,
+    /// Where they are (`--data-dir` overrides it). CIFAR-10: a folder with the official binary
+    /// files; when absent, `$HAYATE_CIFAR10_DIR` or the cache (downloading there if needed).
+    /// Image folder: the folder (one subfolder per class, or just images), prepared into the
+    /// cache on first use, or a file written by `hayate prepare`.
     pub dir: Option<std::path::PathBuf>,
     /// Mirror each training image left to right with probability 1/2.
     pub random_flip: bool,
 }
 
+/// The kinds of training data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetKind {
+    /// CIFAR-10's 50,000 training images, 32x32, 10 classes.
+    Cifar10,
+    /// Any folder of JPEG/PNG images, with one subfolder per class (ImageNet's training layout)
+    /// or without classes, squared to the model's resolution.
+    ImageFolder,
+}
+
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
-            dataset: "cifar10".into(),
+            dataset: DatasetKind::Cifar10,
             dir: None,
             random_flip: true,
         }
@@ -252,6 +300,9 @@ pub struct SamplingConfig {
     pub eta: f64,
     /// The DDPM sampler's variance.
     pub ddpm_variance: PosteriorVariance,
+    /// Classifier-free guidance of a class-conditional model: eps_uncond + s (eps_cond -
+    /// eps_uncond); 1 is the plain conditional model, 0 the unconditional one.
+    pub cfg_scale: f64,
 }
 
 impl Default for SamplingConfig {
@@ -261,6 +312,7 @@ impl Default for SamplingConfig {
             ddim_steps: 50,
             eta: 0.0,
             ddpm_variance: PosteriorVariance::FixedLarge,
+            cfg_scale: 1.0,
         }
     }
 }
@@ -351,6 +403,18 @@ impl RunConfig {
         if !(0.0..1.0).contains(&t.ema_decay) {
             bail!("train.ema_decay must be in [0, 1), got {}", t.ema_decay);
         }
+        if !(0.0..1.0).contains(&t.label_dropout) {
+            bail!(
+                "train.label_dropout must be in [0, 1), got {}",
+                t.label_dropout
+            );
+        }
+        if !self.sampling.cfg_scale.is_finite() || self.sampling.cfg_scale < 0.0 {
+            bail!(
+                "sampling.cfg_scale must be 0 or positive, got {}",
+                self.sampling.cfg_scale
+            );
+        }
         if t.ema_warmup.is_nan() || t.ema_warmup < 0.0 {
             bail!(
                 "train.ema_warmup must be 0 or positive, got {}",
@@ -366,11 +430,13 @@ impl RunConfig {
         if t.keep_checkpoints == 0 {
             bail!("train.keep_checkpoints must be at least 1");
         }
-        if self.data.dataset != "cifar10" {
-            bail!(
-                "data.dataset: {:?} is not supported yet (supported: cifar10)",
-                self.data.dataset
-            );
+        if self.data.dataset == DatasetKind::Cifar10 {
+            let resolution = self.model.resolve()?.resolution;
+            if resolution != 32 {
+                bail!(
+                    "data.dataset = \"cifar10\" has 32x32 images, but model.resolution is {resolution}"
+                );
+            }
         }
         let s = &self.sampling;
         if !(1..=4096).contains(&s.grid_images)

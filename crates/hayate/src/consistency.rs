@@ -104,6 +104,8 @@ impl Denoiser for Recorder<'_> {
 
 /// One model's samples and the x_0 it predicted along the way, as (t, images).
 pub struct Trajectory {
+    /// Side length of the images.
+    pub size: usize,
     /// Final samples, `[n, 3, size, size]` flattened.
     pub images: Vec<f32>,
     /// Predicted x_0 at recorded steps, highest t first.
@@ -126,7 +128,7 @@ pub fn trajectory(
         inner: UNetDenoiser {
             model,
             device: device.clone(),
-            size: 32,
+            guidance: None,
         },
         schedule,
         prediction,
@@ -134,8 +136,10 @@ pub fn trajectory(
         calls: 0,
         x0: Vec::new(),
     };
-    let images = generate_with(&mut recorder, schedule, prediction, sampler, n, seed, 32);
+    let size = model.resolution();
+    let images = generate_with(&mut recorder, schedule, prediction, sampler, n, seed, size);
     Trajectory {
+        size,
         images,
         x0: recorder.x0,
     }
@@ -166,9 +170,9 @@ pub struct Report {
 
 /// Compares two trajectories drawn from the same noise.
 pub fn compare(a: &Trajectory, b: &Trajectory) -> Result<Report> {
-    let per = 3 * 32 * 32;
+    let per = 3 * a.size * a.size;
     ensure!(
-        a.images.len() == b.images.len() && a.x0.len() == b.x0.len(),
+        a.size == b.size && a.images.len() == b.images.len() && a.x0.len() == b.x0.len(),
         "the two runs differ in size"
     );
     let per_step =
@@ -200,12 +204,12 @@ pub fn write(report: &Report, a: &Trajectory, b: &Trajectory, dir: &Path) -> Res
         &json,
         format!("{:#}\n", serde_json::to_value(report)?).as_bytes(),
     )?;
-    let per = 3 * 32 * 32;
+    let per = 3 * a.size * a.size;
     let k = report.n.min(16);
     let mut pairs = a.images[..k * per].to_vec();
     pairs.extend_from_slice(&b.images[..k * per]);
     let grid = dir.join("pairs.png");
-    save_grid_with_columns(&pairs, 32, k, &grid)?;
+    save_grid_with_columns(&pairs, a.size, k, &grid)?;
     let level = |name: &str, value: f64| Series {
         name: name.into(),
         points: vec![(0.0, value), (report.per_step[0].t as f64, value)],

@@ -5,8 +5,8 @@
 use crate::checkpoint::write_atomic;
 use crate::inception::{FEATURES, FidInception};
 use anyhow::{Context, Result, ensure};
-use burn::data::dataset::Dataset;
 use burn::prelude::*;
+use hayate_data::ImageSource;
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -231,29 +231,30 @@ pub fn statistics_of(
     acc.finish()
 }
 
-/// Statistics of the first `n` images of a CIFAR-10 split, cached in `cache` under a hash of
+/// Statistics of the first `n` of `images`, cached in `cache` under their name, n and a hash of
 /// those images' bytes and of the weights file, so each reference set is computed once.
 pub fn dataset_statistics(
     net: &FidInception,
-    data_dir: &Path,
-    split: hayate_data::Split,
+    images: &dyn ImageSource,
     n: usize,
     batch: usize,
     cache: &Path,
 ) -> Result<Statistics> {
-    let data = hayate_data::Cifar10::open(data_dir, split)?;
     ensure!(
-        n <= data.len(),
-        "the CIFAR-10 {} split in {} has {} images, fewer than the {n} asked for",
-        split.name(),
-        data_dir.display(),
-        data.len()
+        n <= images.len(),
+        "{} has {} images, fewer than the {n} asked for",
+        images.describe(),
+        images.len()
     );
+    let size = images.resolution();
+    let per = 3 * size * size;
+    let mut pixels = vec![0u8; per];
     let mut hasher = Sha256::new();
     hasher.update(b"hayate-fid-v1");
     hasher.update(net.weights_sha256());
     for i in 0..n {
-        hasher.update(data.image(i).0);
+        images.read(i, &mut pixels)?;
+        hasher.update(&pixels);
     }
     let key: String = hasher.finalize()[..12]
         .iter()
@@ -261,23 +262,27 @@ pub fn dataset_statistics(
         .collect();
     let path = cache
         .join("fid")
-        .join(format!("cifar10-{}-{n}-{key}.stats", split.name()));
+        .join(format!("{}-{n}-{key}.stats", images.name()));
     if let Ok(stats) = Statistics::load(&path) {
         eprintln!("reference statistics from {}", path.display());
         return Ok(stats);
     }
     eprintln!(
-        "computing reference statistics of {n} CIFAR-10 {} images",
-        split.name()
+        "computing reference statistics of {n} images: {}",
+        images.describe()
     );
-    let per = hayate_data::IMAGE_BYTES;
     let batches = (0..n).step_by(batch).map(|start| {
         let count = batch.min(n - start);
         let mut values = vec![0f32; count * per];
+        let mut pixels = vec![0u8; per];
         for (k, out) in values.chunks_exact_mut(per).enumerate() {
-            hayate_data::image_to_unit_range(data.image(start + k).0, 32, false, out);
+            // Read (and checksummed) once above; a failure now is a changed file.
+            images
+                .read(start + k, &mut pixels)
+                .expect("the images read a moment ago read again");
+            hayate_data::image_to_unit_range(&pixels, size, false, out);
         }
-        (values, [count, 3, 32, 32])
+        (values, [count, 3, size, size])
     });
     let stats = statistics_of(net, batches, 1000)?;
     stats.save(&path)?;
@@ -286,7 +291,8 @@ pub fn dataset_statistics(
 
 /// Statistics of `n` images drawn by `model` with `sampler`, `batch` at a time, each batch from
 /// its own seed derived from `seed` (so the batch size does not decide which noise is drawn
-/// first), rounded to 8-bit levels.
+/// first), rounded to 8-bit levels. A class-conditional model draws labels uniformly (from the
+/// same seeds) and is guided with `cfg_scale`.
 #[allow(clippy::too_many_arguments)] // each is a separate, necessary choice of the caller
 pub fn sample_statistics(
     net: &FidInception,
@@ -298,15 +304,27 @@ pub fn sample_statistics(
     n: usize,
     batch: usize,
     seed: u64,
+    cfg_scale: f64,
 ) -> Result<Statistics> {
+    let size = model.resolution();
     let batches = (0..n.div_ceil(batch)).map(|i| {
         let count = batch.min(n - i * batch);
         let batch_seed = seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+        let guidance = (model.num_classes() > 0).then(|| {
+            crate::sample::Guidance::random(count, model.num_classes(), batch_seed, cfg_scale)
+        });
         let mut values = crate::sample::generate(
-            model, device, schedule, prediction, sampler, count, batch_seed,
+            model,
+            device,
+            schedule,
+            prediction,
+            sampler,
+            count,
+            batch_seed,
+            guidance.as_ref(),
         );
         quantize(&mut values);
-        (values, [count, 3, 32, 32])
+        (values, [count, 3, size, size])
     });
     statistics_of(net, batches, 1000)
 }
@@ -319,24 +337,17 @@ pub struct FidEvaluator {
 }
 
 impl FidEvaluator {
-    /// Loads the network and the reference statistics (the first `fid_n` CIFAR-10 training
-    /// images of `data_dir`, cached).
+    /// Loads the network and the reference statistics (the first `fid_n` training images,
+    /// cached).
     pub fn new(
         config: &crate::config::EvalConfig,
-        data_dir: &Path,
+        images: &dyn ImageSource,
         device: &Device,
         cache: &Path,
     ) -> Result<Self> {
         let weights = inception_weights(config.inception_weights.as_deref(), cache)?;
         let net = FidInception::load(&weights, device)?;
-        let reference = dataset_statistics(
-            &net,
-            data_dir,
-            hayate_data::Split::Train,
-            config.fid_n,
-            config.fid_batch,
-            cache,
-        )?;
+        let reference = dataset_statistics(&net, images, config.fid_n, config.fid_batch, cache)?;
         Ok(Self {
             net,
             reference,
@@ -350,6 +361,7 @@ impl FidEvaluator {
         model: &hayate_model::UNet,
         schedule: &hayate_schedule::NoiseSchedule,
         prediction: hayate_schedule::Prediction,
+        cfg_scale: f64,
     ) -> Result<f64> {
         let sampler = hayate_schedule::ddim::Ddim {
             steps: self.config.fid_ddim_steps,
@@ -366,6 +378,7 @@ impl FidEvaluator {
             self.config.fid_n,
             self.config.fid_batch,
             0,
+            cfg_scale,
         )?;
         Ok(frechet_distance(&stats, &self.reference))
     }

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod consistency;
+pub mod dataset;
 pub mod ema;
 pub mod fid;
 pub mod inception;

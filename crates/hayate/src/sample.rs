@@ -7,8 +7,47 @@ use hayate_model::UNet;
 use hayate_schedule::{
     Denoiser, HostRng, NoiseSchedule, Prediction, Sampler, fill_standard_normal,
 };
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use std::path::Path;
+
+/// Class labels for sampling from a class-conditional model, and the classifier-free guidance
+/// scale s: the prediction is eps_uncond + s (eps_cond - eps_uncond), so s = 1 is the plain
+/// conditional model and s = 0 the unconditional one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guidance {
+    /// One label per image.
+    pub labels: Vec<u32>,
+    /// The guidance scale s.
+    pub scale: f64,
+}
+
+impl Guidance {
+    /// Labels 0, 1, 2, ... cycling through `classes`, so a grid shows the classes in turn.
+    pub fn cycling(n: usize, classes: usize, scale: f64) -> Self {
+        Self {
+            labels: (0..n).map(|i| (i % classes.max(1)) as u32).collect(),
+            scale,
+        }
+    }
+
+    /// Labels drawn uniformly from `classes` with `seed` (for FID, which wants the class mix
+    /// of the data).
+    pub fn random(n: usize, classes: usize, seed: u64, scale: f64) -> Self {
+        let mut rng = HostRng::seed_from_u64(seed);
+        Self {
+            labels: (0..n)
+                .map(|_| rng.random_range(0..classes.max(1)) as u32)
+                .collect(),
+            scale,
+        }
+    }
+
+    /// What a run's sampling settings ask of `model`: `None` for an unconditional model, else
+    /// cycling labels at `scale`.
+    pub fn for_grid(model: &UNet, n: usize, scale: f64) -> Option<Self> {
+        (model.num_classes() > 0).then(|| Self::cycling(n, model.num_classes(), scale))
+    }
+}
 
 /// A UNet on a device, as the host-side samplers see it.
 pub struct UNetDenoiser<'a> {
@@ -16,29 +55,63 @@ pub struct UNetDenoiser<'a> {
     pub model: &'a UNet,
     /// Its device.
     pub device: Device,
-    /// Image side length.
-    pub size: usize,
+    /// Labels and guidance of a class-conditional model.
+    pub guidance: Option<&'a Guidance>,
 }
 
-impl Denoiser for UNetDenoiser<'_> {
-    fn predict(&mut self, x: &[f32], t: &[usize]) -> Vec<f32> {
+impl UNetDenoiser<'_> {
+    fn run(&self, x: Vec<f32>, t: &[usize], labels: Option<Vec<i64>>) -> Vec<f32> {
         let n = t.len();
-        let x = Tensor::<4>::from_data(
-            TensorData::new(x.to_vec(), [n, 3, self.size, self.size]),
-            &self.device,
-        );
+        let size = self.model.resolution();
+        let x = Tensor::<4>::from_data(TensorData::new(x, [n, 3, size, size]), &self.device);
         let t: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         let t = Tensor::<1>::from_data(TensorData::new(t, [n]), &self.device);
+        let labels =
+            labels.map(|l| Tensor::<1, Int>::from_data(TensorData::new(l, [n]), &self.device));
         self.model
-            .forward(x, t)
+            .forward_labelled(x, t, labels)
             .into_data()
             .try_to_vec::<f32>()
             .expect("the UNet outputs f32")
     }
 }
 
-/// Draws `n` images with `sampler`, starting noise and per-step noise from one seeded stream.
-/// Returns them flattened `[n, 3, size, size]` in [-1, 1].
+impl Denoiser for UNetDenoiser<'_> {
+    fn predict(&mut self, x: &[f32], t: &[usize]) -> Vec<f32> {
+        let Some(guidance) = self.guidance.filter(|_| self.model.num_classes() > 0) else {
+            return self.run(x.to_vec(), t, None);
+        };
+        let n = t.len();
+        assert_eq!(guidance.labels.len(), n, "one label per image");
+        let labels: Vec<i64> = guidance.labels.iter().map(|&l| l as i64).collect();
+        if guidance.scale == 1.0 {
+            return self.run(x.to_vec(), t, Some(labels));
+        }
+        // Conditional and unconditional predictions in one batch of 2n.
+        let none = self.model.num_classes() as i64;
+        let both = self.run(
+            [x, x].concat(),
+            &[t, t].concat(),
+            Some(
+                labels
+                    .into_iter()
+                    .chain(std::iter::repeat_n(none, n))
+                    .collect(),
+            ),
+        );
+        let (cond, uncond) = both.split_at(both.len() / 2);
+        let s = guidance.scale as f32;
+        cond.iter()
+            .zip(uncond)
+            .map(|(&c, &u)| u + s * (c - u))
+            .collect()
+    }
+}
+
+/// Draws `n` images with `sampler`, starting noise and per-step noise from one seeded stream,
+/// with the labels and guidance of `guidance` for a class-conditional model. Returns them
+/// flattened `[n, 3, size, size]` in [-1, 1].
+#[allow(clippy::too_many_arguments)] // each is a separate, necessary choice of the caller
 pub fn generate(
     model: &UNet,
     device: &Device,
@@ -47,13 +120,14 @@ pub fn generate(
     sampler: &dyn Sampler,
     n: usize,
     seed: u64,
+    guidance: Option<&Guidance>,
 ) -> Vec<f32> {
-    let size = 32;
     let mut denoiser = UNetDenoiser {
         model,
         device: device.clone(),
-        size,
+        guidance,
     };
+    let size = model.resolution();
     generate_with(&mut denoiser, schedule, prediction, sampler, n, seed, size)
 }
 

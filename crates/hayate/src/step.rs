@@ -27,6 +27,8 @@ pub struct DenoisingBatch {
     pub target: Tensor<4>,
     /// Each sample's loss weight, `[N]`.
     pub weight: Tensor<1>,
+    /// Class labels of a class-conditional model (the class count meaning "no label"), `[N]`.
+    pub labels: Option<Tensor<1, Int>>,
     /// Mean t / T of the batch (host-side, for the display).
     pub mean_t_over_t: f64,
 }
@@ -47,7 +49,9 @@ impl DenoisingModel {
     /// Each sample's squared error, averaged over its pixels, times its weight; averaged over
     /// the batch.
     pub fn loss(&self, batch: &DenoisingBatch) -> Tensor<1> {
-        let out = self.unet.forward(batch.x_t.clone(), batch.t.clone());
+        let out =
+            self.unet
+                .forward_labelled(batch.x_t.clone(), batch.t.clone(), batch.labels.clone());
         let [n, c, h, w] = out.dims();
         let per_sample = (out - batch.target.clone())
             .powi_scalar(2)

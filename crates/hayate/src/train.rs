@@ -8,10 +8,9 @@ use crate::config::RunConfig;
 use crate::ema::Ema;
 use crate::metric::{Beta1, HostValue, ImagesPerSecond, MeanT};
 use crate::optim::ScheduledAdam;
-use crate::sample::{generate, save_grid};
+use crate::sample::{Guidance, generate, save_grid};
 use crate::step::DenoisingModel;
 use anyhow::{Context, Result, bail};
-use burn::data::dataset::Dataset;
 use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
@@ -27,7 +26,6 @@ use burn::train::{
     SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents, TrainingItem,
     TrainingStrategy, ValidLoader,
 };
-use hayate_data::{Cifar10, Split, cifar10_dir};
 use hayate_model::{UNet, UNetConfig};
 use hayate_schedule::NoiseSchedule;
 use hayate_schedule::ddim::Ddim;
@@ -173,21 +171,13 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
     };
     write_atomic(&out.join("config.toml"), config.to_toml().as_bytes())?;
 
-    let data_dir = cifar10_dir(
-        options.data_dir.as_deref().or(config.data.dir.as_deref()),
+    let dataset = crate::dataset::open_training_images(
+        &config.data,
+        options.data_dir.as_deref(),
+        config.model.resolve()?.resolution,
         &cache_dir(),
     )?;
-    let dataset = Cifar10::open(&data_dir, Split::Train)?;
-    eprintln!(
-        "CIFAR-10: {} training images from {}",
-        dataset.len(),
-        dataset
-            .files()
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    eprintln!("training images: {}", dataset.describe());
 
     let unet_config = config.model.resolve()?;
     let schedule = config.diffusion.schedule()?;
@@ -235,7 +225,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
     };
 
     let source = Arc::new(Mutex::new(BatchSource::new(
-        Arc::new(dataset),
+        dataset.clone(),
         config,
         state,
     )?));
@@ -262,7 +252,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
             inner_device,
             model_slot: model_slot.clone(),
             optim_slot: optim_slot.clone(),
-            data_dir: data_dir.clone(),
+            dataset,
             fid: None,
             report: TrainReport {
                 step: start_step,
@@ -324,8 +314,8 @@ struct RunState {
     optim_slot: Slot,
     report: TrainReport,
     error: Option<anyhow::Error>,
-    /// The CIFAR-10 folder (for FID's reference statistics).
-    data_dir: PathBuf,
+    /// The training images (FID's reference statistics come from them).
+    dataset: Arc<dyn hayate_data::ImageSource>,
     /// FID's network and reference, loaded at the first evaluation.
     fid: Option<crate::fid::FidEvaluator>,
 }
@@ -383,7 +373,10 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                 let batch = match item {
                     Ok(batch) => batch,
                     Err(e) => {
-                        interrupter.stop(Some(&format!("data error: {e}")));
+                        run.error = Some(anyhow::anyhow!(
+                            "training data error at step {}: {e}",
+                            run.report.step + 1
+                        ));
                         break;
                     }
                 };
@@ -534,9 +527,10 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
         &sampler,
         sampling.grid_images,
         run.config.train.seed,
+        Guidance::for_grid(&run.ema.model, sampling.grid_images, sampling.cfg_scale).as_ref(),
     );
     let grid = run.out.join("samples").join(format!("step-{step:09}.png"));
-    save_grid(&images, 32, &grid)?;
+    save_grid(&images, run.ema.model.resolution(), &grid)?;
 
     let line = serde_json::json!({
         "event": "checkpoint",
@@ -553,7 +547,7 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
         if run.fid.is_none() {
             run.fid = Some(crate::fid::FidEvaluator::new(
                 eval,
-                &run.data_dir,
+                run.dataset.as_ref(),
                 &run.inner_device,
                 &cache_dir(),
             )?);
@@ -563,6 +557,7 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
             &run.ema.model,
             &run.schedule,
             run.config.diffusion.prediction,
+            run.config.sampling.cfg_scale,
         )?;
         eprintln!("step {step}: FID {fid:.3} (n = {})", eval.fid_n);
         append_metrics(
@@ -572,7 +567,7 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
                 "step": step,
                 "fid": fid,
                 "n": eval.fid_n,
-                "reference": "cifar10-train",
+                "reference": run.dataset.name(),
                 "ddim_steps": eval.fid_ddim_steps,
             }),
         )?;

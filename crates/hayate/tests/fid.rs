@@ -131,6 +131,8 @@ fn eval_fid_compares_two_cifar10_splits() {
                 images: Some(hayate::cli::ImageSet::Cifar10Test),
                 n: 5,
                 reference: hayate::cli::ImageSet::Cifar10Train,
+                ref_prepared: None,
+                cfg_scale: None,
                 sampler: hayate::cli::SamplerChoice::Ddim,
                 steps: 10,
                 seed: 0,

@@ -149,6 +149,8 @@ fn trains_checkpoints_and_resumes_exactly() {
             steps: 3,
             eta: 0.0,
             seed: 1,
+            class: None,
+            cfg_scale: None,
             out: grid.clone(),
             backend: hayate::backend::BackendChoice::Cpu,
         },
