@@ -26,6 +26,10 @@ sample *ARGS:
 info CONFIG="experiments/cifar10-baseline.toml":
     cargo run --release -p hayate -- info --config {{CONFIG}}
 
+# Training and sampling throughput beside PyTorch: just bench-throughput ddpm_cifar10 --batch 8 --backend cpu
+bench-throughput PRESET="ddpm_cifar10" *ARGS:
+    cargo run --release -p hayate -- bench throughput --preset {{PRESET}} {{ARGS}}
+
 # Run every test (CPU backend; the WGPU test runs where a WGPU adapter exists).
 test *ARGS:
     cargo test --workspace {{ARGS}}

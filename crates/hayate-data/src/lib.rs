@@ -19,7 +19,7 @@ pub use folder::{ImageFolder, MAX_DIMENSION, MAX_FILE_BYTES, load_square, square
 pub use prepared::{PrepareProgress, PrepareReport, PreparedImages, Skipped, job_id, prepare};
 
 /// A set of square RGB training images with class labels, read one at a time.
-pub trait ImageSource: Send + Sync {
+pub trait ImageSource: Send + Sync + std::fmt::Debug {
     /// Number of images.
     fn len(&self) -> usize;
     /// Whether there are no images.

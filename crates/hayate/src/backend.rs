@@ -29,6 +29,45 @@ pub fn select(choice: BackendChoice) -> Result<(Device, String)> {
     }
 }
 
+/// The devices of a data-parallel run: the GPUs with these indices (WGPU's discrete adapters, in
+/// the order WGPU lists them), the first keeping the model. `Auto` means WGPU here; the CPU
+/// backend has a single device.
+pub fn select_devices(choice: BackendChoice, indices: &[usize]) -> Result<(Vec<Device>, String)> {
+    if indices.is_empty() {
+        anyhow::bail!("--devices needs at least one index");
+    }
+    if choice == BackendChoice::Cpu {
+        anyhow::bail!(
+            "--devices: the CPU backend has a single device; data parallelism needs WGPU and \
+             several GPUs (--backend wgpu)"
+        );
+    }
+    let mut seen = indices.to_vec();
+    seen.sort_unstable();
+    seen.dedup();
+    if seen.len() != indices.len() {
+        anyhow::bail!("--devices lists a device twice: {indices:?}");
+    }
+    gpu_devices(indices)
+}
+
+#[cfg(feature = "wgpu")]
+fn gpu_devices(indices: &[usize]) -> Result<(Vec<Device>, String)> {
+    let devices = indices
+        .iter()
+        .map(|&i| Device::wgpu(DeviceKind::DiscreteGpu(i)))
+        .collect();
+    Ok((
+        devices,
+        format!("WGPU on discrete GPUs {indices:?}, data parallel"),
+    ))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn gpu_devices(_indices: &[usize]) -> Result<(Vec<Device>, String)> {
+    wgpu_device(String::new()).map(|(d, w)| (vec![d], w))
+}
+
 #[cfg(feature = "wgpu")]
 fn wgpu_device(why: String) -> Result<(Device, String)> {
     Ok((Device::wgpu(DeviceKind::DefaultDevice), why))
@@ -69,4 +108,18 @@ pub fn hardware_gpu() -> Option<String> {
 #[cfg(not(feature = "wgpu"))]
 pub fn hardware_gpu() -> Option<String> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_lists_are_checked() {
+        let err = select_devices(BackendChoice::Cpu, &[0, 1]).unwrap_err();
+        assert!(err.to_string().contains("single device"), "{err}");
+        let err = select_devices(BackendChoice::Wgpu, &[0, 1, 0]).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+        assert!(select_devices(BackendChoice::Wgpu, &[]).is_err());
+    }
 }

@@ -6,7 +6,7 @@ use crate::config::RunConfig;
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"HAYATECK";
@@ -47,7 +47,10 @@ impl Checkpoint {
             .with_context(|| format!("checkpoint has no {name:?} section"))
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// Writes the file: magic, version, metadata length and JSON, the sections, then the
+    /// SHA-256 of everything before it. Streamed, so a checkpoint of several gigabytes is never
+    /// assembled in memory a second time.
+    fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
         let mut meta = self.meta.clone();
         meta.sections = self
             .sections
@@ -55,56 +58,83 @@ impl Checkpoint {
             .map(|(n, b)| (n.clone(), b.len() as u64))
             .collect();
         let json = serde_json::to_vec(&meta).expect("checkpoint metadata serialises");
-        let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-        out.extend_from_slice(&json);
+        let mut hash = Sha256::new();
+        let mut put = |bytes: &[u8]| {
+            hash.update(bytes);
+            out.write_all(bytes)
+        };
+        put(MAGIC)?;
+        put(&VERSION.to_le_bytes())?;
+        put(&(json.len() as u64).to_le_bytes())?;
+        put(&json)?;
         for (_, bytes) in &self.sections {
-            out.extend_from_slice(bytes);
+            put(bytes)?;
         }
-        let digest = Sha256::digest(&out);
-        out.extend_from_slice(&digest);
+        out.write_all(&hash.finalize())
+    }
+
+    #[cfg(test)]
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out).expect("writing to memory");
         out
     }
 
+    #[cfg(test)]
     fn decode(bytes: &[u8]) -> Result<Self> {
+        Self::read_from(std::io::Cursor::new(bytes), bytes.len() as u64)
+    }
+
+    /// Reads and verifies a checkpoint of `len` bytes: a first pass checks the digest, a second
+    /// reads the sections, so memory holds the sections once (not the file and then the
+    /// sections).
+    fn read_from(mut reader: impl Read + Seek, len: u64) -> Result<Self> {
+        ensure!(len >= 8 + 4 + 8 + 32, "file too short to be a checkpoint");
+        let mut magic = [0u8; 8];
+        reader.read_exact(&mut magic)?;
+        ensure!(&magic == MAGIC, "not a hayate checkpoint (bad magic)");
+        reader.rewind()?;
+        let mut hash = Sha256::new();
+        std::io::copy(&mut (&mut reader).take(len - 32), &mut hash)?;
+        let mut digest = [0u8; 32];
+        reader.read_exact(&mut digest)?;
         ensure!(
-            bytes.len() >= 8 + 4 + 8 + 32,
-            "file too short to be a checkpoint"
-        );
-        ensure!(&bytes[..8] == MAGIC, "not a hayate checkpoint (bad magic)");
-        let (body, digest) = bytes.split_at(bytes.len() - 32);
-        ensure!(
-            Sha256::digest(body).as_slice() == digest,
+            hash.finalize().as_slice() == digest,
             "checksum mismatch: the file is corrupt or incomplete"
         );
-        let version = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes"));
+        reader.rewind()?;
+        Self::read_body(reader.take(len - 32), len - 32)
+    }
+
+    /// Parses a verified body (the file without its digest) of `len` bytes, reading each
+    /// section straight into its own buffer.
+    fn read_body(mut body: impl Read, len: u64) -> Result<Self> {
+        let mut head = [0u8; 20];
+        body.read_exact(&mut head).context("truncated header")?;
+        let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
         ensure!(
             version == VERSION,
             "checkpoint format version {version}, expected {VERSION}"
         );
-        let json_len = u64::from_le_bytes(body[12..20].try_into().expect("8 bytes"));
-        let json = usize::try_from(json_len)
-            .ok()
-            .and_then(|n| body.get(20..20usize.checked_add(n)?))
-            .context("truncated metadata")?;
-        let meta: CheckpointMeta = serde_json::from_slice(json).context("bad metadata")?;
-        let mut offset = 20 + json.len();
+        let mut left = len - 20;
+        // Every length is checked against what is left of the file before anything is
+        // allocated, so a damaged length cannot ask for more memory than the file's size.
+        let mut take = |n: u64, what: &str| -> Result<Vec<u8>> {
+            ensure!(n <= left, "truncated {what}");
+            left -= n;
+            let mut buf = vec![0u8; usize::try_from(n).context("section too large")?];
+            body.read_exact(&mut buf)
+                .with_context(|| format!("reading {what}"))?;
+            Ok(buf)
+        };
+        let json_len = u64::from_le_bytes(head[12..20].try_into().expect("8 bytes"));
+        let json = take(json_len, "metadata")?;
+        let meta: CheckpointMeta = serde_json::from_slice(&json).context("bad metadata")?;
         let mut sections = Vec::new();
-        for (name, len) in &meta.sections {
-            let end = usize::try_from(*len)
-                .ok()
-                .and_then(|n| offset.checked_add(n))
-                .context("truncated section")?;
-            let data = body.get(offset..end).context("truncated section")?;
-            sections.push((name.clone(), data.to_vec()));
-            offset = end;
+        for (name, n) in &meta.sections {
+            sections.push((name.clone(), take(*n, "section")?));
         }
-        ensure!(
-            offset == body.len(),
-            "trailing bytes after the last section"
-        );
+        ensure!(left == 0, "trailing bytes after the last section");
         Ok(Self { meta, sections })
     }
 
@@ -112,7 +142,11 @@ impl Checkpoint {
     /// but the newest `keep`. Returns the file's path.
     pub fn save(&self, dir: &Path, keep: usize) -> Result<PathBuf> {
         let path = dir.join(format!("ckpt-{:09}.hayate", self.step()));
-        write_atomic(&path, &self.encode())?;
+        write_atomic_with(&path, |file| {
+            let mut out = std::io::BufWriter::new(file);
+            self.write_to(&mut out)?;
+            out.flush()
+        })?;
         let all = list(dir)?;
         for old in all.iter().take(all.len().saturating_sub(keep)) {
             std::fs::remove_file(old)
@@ -123,9 +157,12 @@ impl Checkpoint {
 
     /// Reads and verifies a checkpoint file.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-        Self::decode(&bytes).with_context(|| format!("checkpoint {}", path.display()))
+        let read = || -> Result<Self> {
+            let file = std::fs::File::open(path)?;
+            let len = file.metadata()?.len();
+            Self::read_from(std::io::BufReader::new(file), len)
+        };
+        read().with_context(|| format!("checkpoint {}", path.display()))
     }
 
     /// The newest checkpoint in `dir` that loads and verifies, with its path (or the file itself
@@ -194,6 +231,14 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Writes `bytes` to a temporary file beside `path`, syncs it, renames it over `path`, and
 /// syncs the folder, so `path` is always either the old or the new complete file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |file| file.write_all(bytes))
+}
+
+/// [`write_atomic`] with the contents written by `write` into the temporary file.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -202,7 +247,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
+        write(&mut file)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()

@@ -55,6 +55,12 @@ pub enum Command {
         /// changes are listed and logged. Without it such a resume is refused.
         #[arg(long, requires = "resume")]
         allow_config_change: bool,
+        /// Data parallelism over these GPUs (WGPU discrete adapters by index, e.g. 0,1,2,3):
+        /// each step's batch (train.batch_size, the global batch) is split across them and the
+        /// gradients summed on the first, so the learning rate and every random draw stay as
+        /// configured.
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<usize>,
     },
     /// Write a grid of samples from a checkpoint's EMA weights.
     Sample {
@@ -91,23 +97,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
         backend: BackendChoice,
     },
-    /// Measure training throughput: warm-up steps, then timed steps, on real data.
+    /// Benchmarks.
     Bench {
-        /// The experiment config whose model and process are measured.
-        #[arg(long)]
-        config: PathBuf,
-        /// Images per step (overrides train.batch_size).
-        #[arg(long)]
-        batch: Option<usize>,
-        /// Timed steps, run after as many untimed warm-up steps (kernel compilation, autotune).
-        #[arg(long, default_value_t = 10)]
-        steps: u64,
-        /// Where to run.
-        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-        backend: BackendChoice,
-        /// A local CIFAR-10 folder.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        /// Which benchmark.
+        #[command(subcommand)]
+        what: BenchCommand,
     },
     /// Evaluate a model or an image set.
     Eval {
@@ -165,6 +159,44 @@ pub enum Command {
         /// The experiment config.
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+/// `hayate bench` benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Images per second of full training steps (forward, backward, optimiser, EMA, host-side
+    /// batches) after warm-up, the FLOP rate from the analytic count, peak memory, and sampling
+    /// steps per second; beside PyTorch's figures for the same UNet (benches/torch_throughput.py)
+    /// when PyTorch and diffusers are installed.
+    Throughput {
+        /// A model preset (its default training settings); or give --config.
+        #[arg(long, conflicts_with = "config")]
+        preset: Option<String>,
+        /// An experiment config whose model and training step are measured.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Images per step.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Timed training steps, run after as many untimed warm-up steps.
+        #[arg(long, default_value_t = 5)]
+        steps: u64,
+        /// Timed sampling steps (DDIM), after a warm-up pass.
+        #[arg(long, default_value_t = 5)]
+        sample_steps: usize,
+        /// Where to run.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+        /// The Python with torch and diffusers for the comparison ($HAYATE_PYTHON, else python3).
+        #[arg(long)]
+        python: Option<String>,
+        /// Skip the PyTorch comparison.
+        #[arg(long)]
+        no_torch: bool,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -336,6 +368,7 @@ pub fn run(cli: Cli) -> Result<()> {
             seed,
             resume,
             allow_config_change,
+            devices,
         } => {
             let mut run_config = RunConfig::load(&config)?;
             if let Some(steps) = steps {
@@ -351,7 +384,11 @@ pub fn run(cli: Cli) -> Result<()> {
                     .map_or("run".into(), |s| s.to_string_lossy());
                 PathBuf::from("runs").join(name.as_ref())
             });
-            let (device, why) = select(backend)?;
+            let (devices, why) = if devices.is_empty() {
+                select(backend).map(|(d, why)| (vec![d], why))?
+            } else {
+                crate::backend::select_devices(backend, &devices)?
+            };
             eprintln!("device: {why}");
             let report = train(
                 &TrainOptions {
@@ -360,8 +397,10 @@ pub fn run(cli: Cli) -> Result<()> {
                     out: out.clone(),
                     resume,
                     allow_config_change,
+                    devices: devices.clone(),
+                    images: None,
                 },
-                &device,
+                &devices[0],
             )?;
             println!(
                 "trained to step {} ({:.1} img/s); run folder {}",
@@ -452,56 +491,100 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench {
-            config,
-            batch,
-            steps,
-            backend,
-            data_dir,
-        } => {
-            if steps == 0 {
-                bail!("--steps must be positive");
-            }
-            let mut run_config = RunConfig::load(&config)?;
-            if let Some(batch) = batch {
-                run_config.train.batch_size = batch;
-            }
-            run_config.train.steps = 2 * steps;
-            run_config.train.checkpoint_every = steps;
-            run_config.train.keep_checkpoints = 1;
-            // The end-of-interval grid is not what is measured; keep it minimal.
-            run_config.sampling.grid_images = 1;
-            run_config.sampling.ddim_steps = 1;
-            run_config.validate()?;
-            let (device, why) = select(backend)?;
-            let out = std::env::temp_dir().join(format!("hayate-bench-{}", std::process::id()));
-            let report = train(
-                &TrainOptions {
-                    config: run_config.clone(),
-                    data_dir,
-                    out: out.clone(),
-                    resume: false,
-                    allow_config_change: false,
+            what:
+                BenchCommand::Throughput {
+                    preset,
+                    config,
+                    batch,
+                    steps,
+                    sample_steps,
+                    backend,
+                    python,
+                    no_torch,
+                    out,
                 },
-                &device,
-            );
-            let _ = std::fs::remove_dir_all(&out);
-            let report = report?;
-            let unet = run_config.model.resolve()?;
-            let rate = report.interval_images_per_second[1];
-            let batch = run_config.train.batch_size;
-            let flops = 3.0 * unet.forward_flops() as f64 * rate;
-            println!("bench: {} on {why}", config.display());
+        } => {
+            if steps == 0 || sample_steps == 0 || batch == 0 {
+                bail!("--batch, --steps and --sample-steps must be positive");
+            }
+            let mut run_config = match (&preset, &config) {
+                (_, Some(path)) => RunConfig::load(path)?,
+                (Some(p), None) => RunConfig::parse(&format!("[model]\npreset = {p:?}\n"))?,
+                (None, None) => bail!("give --preset or --config"),
+            };
+            run_config.train.batch_size = batch;
+            let name = run_config.model.preset.clone();
+            let (device, why) = select(backend)?;
+            eprintln!("device: {why}");
+            let ours = crate::bench::throughput(&run_config, steps, sample_steps, &device)?;
             println!(
-                "model {} ({} parameters), batch {batch}, {steps} warm-up + {steps} timed steps",
-                run_config.model.preset,
-                crate::train::count_params(&unet)
+                "hayate: {name} ({} parameters), batch {batch}, on {why}",
+                ours.params
             );
             println!(
-                "warm-up: {:.2} img/s; timed: {rate:.2} img/s, {:.3} s/step, {:.2} GFLOP/s",
-                report.interval_images_per_second[0],
-                batch as f64 / rate,
-                flops / 1e9
+                "  training: {:.2} img/s ({:.3} s/step, {:.2} GFLOP/s); sampling: {:.2} image-steps/s; peak RSS {}",
+                ours.train_images_per_second,
+                batch as f64 / ours.train_images_per_second,
+                ours.train_flops / 1e9,
+                ours.sample_image_steps_per_second,
+                ours.peak_rss_bytes
+                    .map_or("not reported".into(), |b| format!(
+                        "{:.2} GB",
+                        b as f64 / 1e9
+                    ))
             );
+            let mut result = serde_json::json!({ "hayate": ours, "device": why });
+            if !no_torch {
+                let python = python
+                    .or_else(|| std::env::var("HAYATE_PYTHON").ok())
+                    .unwrap_or_else(|| "python3".into());
+                let script = [
+                    "benches/torch_throughput.py",
+                    concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/../../benches/torch_throughput.py"
+                    ),
+                ]
+                .map(PathBuf::from)
+                .into_iter()
+                .find(|p| p.is_file())
+                .unwrap_or_else(|| PathBuf::from("benches/torch_throughput.py"));
+                // PyTorch runs where hayate ran: the CPU, or the GPU through CUDA.
+                let on_gpu =
+                    backend != BackendChoice::Cpu && crate::backend::hardware_gpu().is_some();
+                let torch_device = if on_gpu { "cuda" } else { "cpu" };
+                match crate::bench::torch_throughput(
+                    &python,
+                    &script,
+                    &name,
+                    batch,
+                    steps,
+                    sample_steps,
+                    torch_device,
+                ) {
+                    Ok(torch) => {
+                        let rate = |key: &str| torch[key].as_f64().unwrap_or(f64::NAN);
+                        let (train, sample) = (
+                            rate("train_images_per_second"),
+                            rate("sample_image_steps_per_second"),
+                        );
+                        println!(
+                            "PyTorch {} on {} ({} parameters): training {train:.2} img/s; sampling {sample:.2} image-steps/s",
+                            torch["torch"], torch["device"], torch["params"]
+                        );
+                        println!(
+                            "hayate / PyTorch: training {:.3}x, sampling {:.3}x",
+                            ours.train_images_per_second / train,
+                            ours.sample_image_steps_per_second / sample
+                        );
+                        result["torch"] = torch;
+                    }
+                    Err(why) => println!("PyTorch comparison skipped: {why}"),
+                }
+            }
+            if let Some(out) = out {
+                crate::checkpoint::write_atomic(&out, format!("{result:#}\n").as_bytes())?;
+            }
             Ok(())
         }
         Command::Eval {

@@ -1,7 +1,7 @@
 //! The training step: the denoising loss on one batch, its gradients, and global-norm clipping.
 
 use burn::module::{ModuleVisitor, Param};
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::train::metric::{Adaptor, ItemLazy, LossInput};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
@@ -59,6 +59,98 @@ impl DenoisingModel {
             .mean_dim(1)
             .reshape([n]);
         (per_sample * batch.weight.clone()).mean()
+    }
+}
+
+impl DenoisingBatch {
+    /// Images `start..start + len` on `device`, their loss weights times `share` (the shard's
+    /// fraction of the batch, so that the shards' losses add up to the batch's).
+    fn shard(&self, start: usize, len: usize, share: f64, device: &Device) -> Self {
+        let rows4 = |t: &Tensor<4>| t.clone().narrow(0, start, len).to_device(device);
+        let rows1 = |t: &Tensor<1>| t.clone().narrow(0, start, len).to_device(device);
+        Self {
+            x_t: rows4(&self.x_t),
+            t: rows1(&self.t),
+            target: rows4(&self.target),
+            weight: rows1(&self.weight).mul_scalar(share),
+            labels: self
+                .labels
+                .as_ref()
+                .map(|l| l.clone().narrow(0, start, len).to_device(device)),
+            mean_t_over_t: self.mean_t_over_t,
+        }
+    }
+}
+
+impl DenoisingModel {
+    /// One data-parallel training step with Burn's multi-device pieces: the batch is split into
+    /// one shard per device (sizes differing by at most one), a replica of the model
+    /// (`Module::fork`) computes each shard's loss and gradients on its device, all at once,
+    /// and the gradients are brought to this model's device (`GradientsParams::to_device`) and
+    /// summed in device order (`GradientsAccumulator`). Each shard's loss is weighted by its
+    /// share of the batch, so the sum is the gradient of the whole batch's loss, which is then
+    /// clipped by its global norm as in a one-device step. `devices` are autodiff devices.
+    pub fn data_parallel_step(
+        &self,
+        batch: DenoisingBatch,
+        devices: &[Device],
+    ) -> TrainOutput<DenoisingOutput> {
+        let n = batch.t.dims()[0];
+        let k = devices.len();
+        assert!(
+            k >= 1 && n >= k,
+            "{n} images cannot be split over {k} devices"
+        );
+        let main = batch.t.device();
+        let shards: Vec<(DenoisingModel, DenoisingBatch)> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, device)| {
+                let (start, end) = (i * n / k, (i + 1) * n / k);
+                let share = (end - start) as f64 / n as f64;
+                let replica = self.clone().fork(device);
+                (replica, batch.shard(start, end - start, share, device))
+            })
+            .collect();
+        let results: Vec<(Tensor<1>, GradientsParams)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = shards
+                .into_iter()
+                .map(|(replica, shard)| {
+                    scope.spawn(move || {
+                        let loss = replica.loss(&shard);
+                        let grads = GradientsParams::from_grads(loss.backward(), &replica);
+                        (loss, grads)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a device's training step panicked"))
+                .collect()
+        });
+        let mut accumulator = GradientsAccumulator::new();
+        let mut total: Option<Tensor<1>> = None;
+        for (loss, grads) in results {
+            accumulator.accumulate(self, grads.to_device(&main, self));
+            let loss = loss.to_device(&main);
+            total = Some(match total {
+                Some(t) => t + loss,
+                None => loss,
+            });
+        }
+        let mut grads = accumulator.grads();
+        if self.grad_clip > 0.0 {
+            clip_global_norm(self, &mut grads, self.grad_clip);
+        }
+        TrainOutput {
+            grads,
+            item: DenoisingOutput {
+                loss: total.expect("at least one device"),
+                images: n,
+                mean_t_over_t: batch.mean_t_over_t,
+                beta1: f64::NAN,
+            },
+        }
     }
 }
 

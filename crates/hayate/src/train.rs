@@ -50,6 +50,13 @@ pub struct TrainOptions {
     /// the run (they are listed, and logged to metrics.jsonl); otherwise such a resume is
     /// refused.
     pub allow_config_change: bool,
+    /// Data parallelism: every device of the run, the first being the one passed to [`train`]
+    /// (which keeps the model, optimiser and EMA); each step's batch is split across them. Empty
+    /// or one device: no splitting.
+    pub devices: Vec<Device>,
+    /// The training images, given directly (benchmarks, programs embedding hayate); `None`
+    /// opens those of `config.data`.
+    pub images: Option<Arc<dyn hayate_data::ImageSource>>,
 }
 
 /// What a finished run reports.
@@ -171,12 +178,23 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
     };
     write_atomic(&out.join("config.toml"), config.to_toml().as_bytes())?;
 
-    let dataset = crate::dataset::open_training_images(
-        &config.data,
-        options.data_dir.as_deref(),
-        config.model.resolve()?.resolution,
-        &cache_dir(),
-    )?;
+    if options.devices.len() > config.train.batch_size {
+        bail!(
+            "train.batch_size ({}) is smaller than the number of devices ({}): each device needs \
+             at least one image per step",
+            config.train.batch_size,
+            options.devices.len()
+        );
+    }
+    let dataset = match &options.images {
+        Some(images) => images.clone(),
+        None => crate::dataset::open_training_images(
+            &config.data,
+            options.data_dir.as_deref(),
+            config.model.resolve()?.resolution,
+            &cache_dir(),
+        )?,
+    };
     eprintln!("training images: {}", dataset.describe());
 
     let unet_config = config.model.resolve()?;
@@ -253,6 +271,11 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
             model_slot: model_slot.clone(),
             optim_slot: optim_slot.clone(),
             dataset,
+            devices: options
+                .devices
+                .iter()
+                .map(|d| d.clone().autodiff())
+                .collect(),
             fid: None,
             report: TrainReport {
                 step: start_step,
@@ -314,6 +337,8 @@ struct RunState {
     optim_slot: Slot,
     report: TrainReport,
     error: Option<anyhow::Error>,
+    /// The autodiff devices of a data-parallel run (empty or one: a single device).
+    devices: Vec<Device>,
     /// The training images (FID's reference statistics come from them).
     dataset: Arc<dyn hayate_data::ImageSource>,
     /// FID's network and reference, loaded at the first evaluation.
@@ -381,7 +406,11 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                     }
                 };
                 learner.lr_step();
-                let mut output = learner.train_step(batch);
+                let mut output = if run.devices.len() > 1 {
+                    learner.model().data_parallel_step(batch, &run.devices)
+                } else {
+                    learner.train_step(batch)
+                };
                 learner.optimizer_step(output.grads);
                 let step = run.source.lock().expect("batch source lock").state.step;
                 run.ema.update(&learner.model().unet, step - 1);

@@ -104,6 +104,8 @@ fn training_logs_fid_at_the_configured_steps() {
             out: run.clone(),
             resume: false,
             allow_config_change: false,
+            devices: Vec::new(),
+            images: None,
         },
         &Device::flex(),
     )

@@ -21,6 +21,8 @@ fn options(
         out: out.to_path_buf(),
         resume,
         allow_config_change: false,
+        devices: Vec::new(),
+        images: None,
     }
 }
 
@@ -380,4 +382,56 @@ fn consistency_compares_models_from_shared_noise() {
     let seeds = compare(&b, &dir.path().join("seeds"));
     let paired = seeds["paired"]["agreement"].as_f64().unwrap();
     assert!(paired < 1.0 && paired > shuffled, "{seeds}");
+}
+
+/// Largest absolute difference between two parameter lists.
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn data_parallel_steps_over_two_devices_match_one_device() {
+    let Some((data, _serial, dir)) = setup() else {
+        return;
+    };
+    // The flex backend has one device, so both "devices" are it: this runs the whole
+    // data-parallel path (shards, replicas on threads, gradient transfer and sum, weighting,
+    // clipping) but not a transfer between two memories.
+    let config = common::tiny_config(8, 8);
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    train(
+        &options(config.clone(), &one, &data, false),
+        &Device::flex(),
+    )
+    .unwrap();
+    let mut split = options(config, &two, &data, false);
+    split.devices = vec![Device::flex(), Device::flex()];
+    train(&split, &Device::flex()).unwrap();
+
+    let a = Checkpoint::load(&Checkpoint::latest(&one).unwrap()).unwrap();
+    let b = Checkpoint::load(&Checkpoint::latest(&two).unwrap()).unwrap();
+    assert_eq!((a.step(), b.step()), (8, 8));
+    for section in ["model", "ema"] {
+        let (pa, pb) = (
+            common::parameters(&a, section),
+            common::parameters(&b, section),
+        );
+        // Only the order of float additions differs (two half-batch means, summed).
+        let diff = max_difference(&pa, &pb);
+        assert!(diff < 1e-4, "{section}: parameters differ by up to {diff}");
+    }
+    let (la, lb) = (common::metrics(&one, "log"), common::metrics(&two, "log"));
+    assert_eq!(la.len(), lb.len());
+    for (x, y) in la.iter().zip(&lb) {
+        let (x, y) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        assert!((x - y).abs() < 1e-4 * x.abs(), "logged losses {x} and {y}");
+    }
+    assert_eq!(
+        a.meta.source, b.meta.source,
+        "the same data, timesteps and noise"
+    );
 }

@@ -1,4 +1,5 @@
-//! The same few training steps on WGPU and on the CPU backend give the same losses.
+//! The same few training steps on WGPU, on WGPU data-parallel over two devices, and on the CPU
+//! backend give the same losses.
 //!
 //! On software Vulkan (Mesa's lavapipe, as in CI) shaders take minutes to compile, so the run is
 //! two steps of the tiny model at batch 8. Set `HAYATE_REQUIRE_WGPU=1` to make a missing WGPU
@@ -34,7 +35,7 @@ fn wgpu_losses_match_the_cpu_backend() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let run = |device: &Device, name: &str| {
+    let run = |devices: Vec<Device>, name: &str| {
         let config = common::tiny_config(2, 1);
         train(
             &TrainOptions {
@@ -43,18 +44,33 @@ fn wgpu_losses_match_the_cpu_backend() {
                 out: dir.path().join(name),
                 resume: false,
                 allow_config_change: false,
+                devices: devices.clone(),
+                images: None,
             },
-            device,
+            &devices[0],
         )
         .unwrap()
         .interval_losses
     };
-    let cpu = run(&Device::flex(), "cpu");
-    let gpu = run(&Device::wgpu(DeviceKind::DefaultDevice), "wgpu");
-    eprintln!("losses: cpu {cpu:?}, wgpu {gpu:?}");
-    assert_eq!(cpu.len(), 2);
+    let cpu = run(vec![Device::flex()], "cpu");
+    let gpu = run(vec![Device::wgpu(DeviceKind::DefaultDevice)], "wgpu");
+    // Two WGPU devices with their own memory and queues (on a machine with one adapter, both
+    // are that adapter): the batch is split, gradients move to the first and are summed there.
+    let two = run(
+        vec![
+            Device::wgpu(DeviceKind::DefaultDevice),
+            Device::wgpu(DeviceKind::Cpu),
+        ],
+        "wgpu-two",
+    );
+    eprintln!("losses: cpu {cpu:?}, wgpu {gpu:?}, wgpu on two devices {two:?}");
+    assert_eq!((cpu.len(), two.len()), (2, 2));
     // Same inputs and weights; only float summation order differs between the backends.
-    for (c, g) in cpu.iter().zip(&gpu) {
+    for ((c, g), t) in cpu.iter().zip(&gpu).zip(&two) {
         assert!((c - g).abs() <= 1e-5 * c.abs(), "cpu {c} vs wgpu {g}");
+        assert!(
+            (c - t).abs() <= 1e-5 * c.abs(),
+            "cpu {c} vs two devices {t}"
+        );
     }
 }

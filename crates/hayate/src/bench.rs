@@ -1,0 +1,230 @@
+//! `hayate bench throughput`: images per second of full training steps and of sampling steps,
+//! the FLOP rate they imply, peak memory, and the same figures from PyTorch on the same machine.
+
+use crate::config::RunConfig;
+use crate::sample::generate;
+use crate::train::{TrainOptions, count_params, init_unet, train};
+use anyhow::{Context, Result};
+use burn::prelude::*;
+use hayate_data::{DataError, ImageSource};
+use hayate_schedule::ddim::Ddim;
+use rand::{RngCore, SeedableRng};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// In-memory random images: what a throughput benchmark trains on, so any preset can be measured
+/// without its dataset (pixel values do not change the work of a step).
+#[derive(Debug)]
+pub struct RandomImages {
+    size: usize,
+    pixels: Vec<u8>,
+    classes: Vec<String>,
+}
+
+impl RandomImages {
+    /// `count` images of `size` x `size` from `seed`, labelled with `classes` classes in turn.
+    pub fn new(count: usize, size: usize, classes: usize, seed: u64) -> Self {
+        let mut pixels = vec![0u8; count * 3 * size * size];
+        hayate_schedule::HostRng::seed_from_u64(seed).fill_bytes(&mut pixels);
+        Self {
+            size,
+            pixels,
+            classes: (0..classes).map(|c| format!("class{c}")).collect(),
+        }
+    }
+}
+
+impl ImageSource for RandomImages {
+    fn len(&self) -> usize {
+        self.pixels.len() / (3 * self.size * self.size)
+    }
+
+    fn resolution(&self) -> usize {
+        self.size
+    }
+
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    fn read(&self, index: usize, pixels: &mut [u8]) -> Result<u32, DataError> {
+        let per = pixels.len();
+        let len = self.len();
+        let image = self
+            .pixels
+            .get(index * per..(index + 1) * per)
+            .ok_or(DataError::OutOfRange { index, len })?;
+        pixels.copy_from_slice(image);
+        Ok((index % self.classes.len().max(1)) as u32)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} random images of {s}x{s} (benchmark data)",
+            self.len(),
+            s = self.size
+        )
+    }
+
+    fn name(&self) -> String {
+        "random".into()
+    }
+}
+
+/// What one throughput measurement found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Throughput {
+    /// Parameters of the network.
+    pub params: usize,
+    /// Images per step.
+    pub batch: usize,
+    /// Training images per second over the timed steps (after as many warm-up steps).
+    pub train_images_per_second: f64,
+    /// Achieved FLOP/s of training: 3x the analytic forward FLOPs (forward plus a backward of
+    /// twice its cost) per image, times the rate.
+    pub train_flops: f64,
+    /// Sampling throughput: images times network evaluations per second (one DDIM step each).
+    pub sample_image_steps_per_second: f64,
+    /// Peak resident memory of the process in bytes, where the OS reports it (Linux).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Measures `config`'s training step at its batch size (`steps` warm-up steps, then `steps`
+/// timed ones) on random images, then `sample_steps` DDIM steps of sampling from the same
+/// network, on `device`.
+pub fn throughput(
+    config: &RunConfig,
+    steps: u64,
+    sample_steps: usize,
+    device: &Device,
+) -> Result<Throughput> {
+    let mut config = config.clone();
+    config.train.steps = 2 * steps;
+    config.train.checkpoint_every = steps;
+    config.train.keep_checkpoints = 1;
+    // The end-of-interval grid is not what is measured; keep it minimal.
+    config.sampling.grid_images = 1;
+    config.sampling.ddim_steps = 1;
+    config.eval.fid_every = 0;
+    config.validate()?;
+    let unet = config.model.resolve()?;
+    let batch = config.train.batch_size;
+    let images = RandomImages::new(batch.max(64), unet.resolution, unet.num_classes, 0);
+    let out = std::env::temp_dir().join(format!("hayate-bench-{}", std::process::id()));
+    let report = train(
+        &TrainOptions {
+            config: config.clone(),
+            data_dir: None,
+            out: out.clone(),
+            resume: false,
+            allow_config_change: false,
+            devices: Vec::new(),
+            images: Some(Arc::new(images)),
+        },
+        device,
+    );
+    let _ = std::fs::remove_dir_all(&out);
+    let report = report?;
+    let rate = *report
+        .interval_images_per_second
+        .get(1)
+        .context("the timed interval did not run")?;
+
+    let model = init_unet(&unet, 0, device);
+    let schedule = config.diffusion.schedule()?;
+    let sampler = Ddim {
+        steps: sample_steps.clamp(1, schedule.steps()),
+        eta: 0.0,
+        clip_x0: true,
+    };
+    let run = || {
+        generate(
+            &model,
+            device,
+            &schedule,
+            config.diffusion.prediction,
+            &sampler,
+            batch,
+            0,
+            None,
+        )
+    };
+    run(); // warm-up: kernel compilation and autotuning
+    let started = Instant::now();
+    run();
+    let sample_rate = (batch * sampler.steps) as f64 / started.elapsed().as_secs_f64();
+    Ok(Throughput {
+        params: count_params(&unet),
+        batch,
+        train_images_per_second: rate,
+        train_flops: 3.0 * unet.forward_flops() as f64 * rate,
+        sample_image_steps_per_second: sample_rate,
+        peak_rss_bytes: peak_rss(),
+    })
+}
+
+/// The process's peak resident set size (`VmHWM`), on Linux.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// PyTorch's figures for the same preset and batch from `benches/torch_throughput.py`, run with
+/// `python`; `None` with the reason when PyTorch or diffusers is not installed there.
+pub fn torch_throughput(
+    python: &str,
+    script: &Path,
+    preset: &str,
+    batch: usize,
+    steps: u64,
+    sample_steps: usize,
+    device: &str,
+) -> Result<serde_json::Value, String> {
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .args(["--preset", preset, "--device", device])
+        .args(["--batch", &batch.to_string(), "--steps", &steps.to_string()])
+        .args(["--sample-steps", &sample_steps.to_string()])
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        let last = err.lines().last().unwrap_or("no output");
+        return Err(format!("{} failed: {last}", script.display()));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| format!("unreadable output {line:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_images_read_like_a_dataset() {
+        let images = RandomImages::new(5, 4, 3, 1);
+        assert_eq!((images.len(), images.resolution()), (5, 4));
+        let (mut a, mut b) = (vec![0u8; 48], vec![0u8; 48]);
+        assert_eq!(images.read(4, &mut a).unwrap(), 1);
+        images.read(3, &mut b).unwrap();
+        assert_ne!(a, b);
+        assert!(images.read(5, &mut a).is_err());
+    }
+
+    #[test]
+    fn throughput_runs_the_tiny_model_and_reports_positive_rates() {
+        let config = RunConfig::parse("[model]\npreset = \"tiny\"\n[train]\nbatch_size = 2\n")
+            .expect("valid");
+        let t = throughput(&config, 1, 2, &Device::flex()).unwrap();
+        assert_eq!((t.params, t.batch), (702_499, 2));
+        assert!(t.train_images_per_second > 0.0 && t.train_flops > 0.0);
+        assert!(t.sample_image_steps_per_second > 0.0);
+        if cfg!(target_os = "linux") {
+            assert!(t.peak_rss_bytes.unwrap() > 1 << 20);
+        }
+    }
+}
