@@ -98,6 +98,24 @@ def main():
 
     ema.eval()
     sample_seconds = timed(sample_step, args.sample_steps)
+
+    # The kernel that dominates a step, alone: hayate's `conv_kernel`.
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(device)
+    cx = torch.rand(n, 128, 32, 32, device=device)
+
+    def conv_forward():
+        with torch.no_grad():
+            conv(cx).sum().item()
+
+    def conv_both():
+        conv.zero_grad(set_to_none=True)
+        conv(cx).sum().backward()
+        conv.weight.grad.sum().item()
+
+    conv3x3 = {
+        "forward": timed(conv_forward, args.steps) / args.steps,
+        "forward_backward": timed(conv_both, args.steps) / args.steps,
+    }
     print(
         json.dumps(
             {
@@ -106,6 +124,7 @@ def main():
                 "batch": n,
                 "train_images_per_second": n * args.steps / train_seconds,
                 "sample_image_steps_per_second": n * args.sample_steps / sample_seconds,
+                "conv3x3": conv3x3,
                 "torch": torch.__version__,
                 "device": str(device),
                 "threads": torch.get_num_threads(),

@@ -164,6 +164,171 @@ pub fn throughput(
     })
 }
 
+/// Seconds per training step spent in each phase, measured one phase at a time with the device
+/// drained after each (so, unlike [`throughput`], nothing overlaps): where a step's time goes.
+/// Averages over `steps` steps after one warm-up step.
+pub fn phases(config: &RunConfig, steps: usize, device: &Device) -> Result<Vec<(String, f64)>> {
+    use crate::batches::{BatchSource, SourceState, Streams};
+    use crate::ema::Ema;
+    use crate::optim::ScheduledAdam;
+    use crate::step::DenoisingModel;
+    use burn::optim::{GradientsParams, ModuleOptimizer};
+
+    let unet = config.model.resolve()?;
+    let train_device = device.clone().autodiff();
+    let mut model = DenoisingModel {
+        unet: init_unet(&unet, 0, &train_device),
+        grad_clip: config.train.grad_clip,
+    };
+    let batch = config.train.batch_size;
+    let images = Arc::new(RandomImages::new(
+        batch.max(64),
+        unet.resolution,
+        unet.num_classes,
+        0,
+    ));
+    let state = SourceState {
+        step: 0,
+        streams: Streams::new(0),
+        order: Vec::new(),
+        cursor: 0,
+    };
+    let mut source = BatchSource::new(images, config, state)?;
+    let mut optim = ModuleOptimizer::from(ScheduledAdam {
+        momentum: config.train.momentum_schedule(),
+        beta2: config.train.beta2,
+        epsilon: config.train.adam_eps,
+    });
+    let mut ema = Ema::new(&model.unet, config.train.ema_decay, config.train.ema_warmup);
+    // Reading one value waits for everything queued before it on an in-order device.
+    let drain = |t: Tensor<1>| t.sum().into_data();
+    let names = [
+        "host batch (data, t, noise, targets)",
+        "to device",
+        "forward and loss",
+        "backward and gradient clipping",
+        "optimiser (Adam)",
+        "EMA update",
+    ];
+    let mut totals = [0f64; 6];
+    for step in 0..=steps {
+        let mut times = [0f64; 6];
+        let mut clock = Instant::now();
+        let mut lap = |i: usize, times: &mut [f64; 6]| {
+            times[i] = clock.elapsed().as_secs_f64();
+            clock = Instant::now();
+        };
+        let host = source.next_batch()?;
+        lap(0, &mut times);
+        let on_device = host.to_device(&train_device);
+        drain(on_device.weight.clone());
+        lap(1, &mut times);
+        let loss = model.loss(&on_device);
+        drain(loss.clone().without_autodiff());
+        lap(2, &mut times);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        if model.grad_clip > 0.0 {
+            crate::step::clip_global_norm(&model, &mut grads, model.grad_clip);
+        }
+        drain(grads_probe(&model, &grads));
+        lap(3, &mut times);
+        model = optim.step(1e-4, model, grads);
+        drain(first_param(&model));
+        lap(4, &mut times);
+        ema.update(&model.unet, step as u64);
+        drain(first_param(&ema.model));
+        lap(5, &mut times);
+        if step > 0 {
+            for (t, x) in totals.iter_mut().zip(times) {
+                *t += x;
+            }
+        }
+    }
+    Ok(names
+        .iter()
+        .zip(totals)
+        .map(|(n, t)| (n.to_string(), t / steps.max(1) as f64))
+        .collect())
+}
+
+/// Seconds for one 3x3 convolution (128 to 128 channels at 32x32, padding 1: the most common
+/// layer of the DDPM CIFAR-10 UNet, 2.4 GFLOP at batch 8) forward, and forward plus backward, at
+/// `batch`: the kernel that dominates a step, timed alone. Averages over `repeats` after one
+/// warm-up.
+pub fn conv_kernel(batch: usize, repeats: usize, device: &Device) -> (f64, f64) {
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    let train_device = device.clone().autodiff();
+    let conv = Conv2dConfig::new([128, 128], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&train_device);
+    let x = Tensor::<4>::random(
+        [batch, 128, 32, 32],
+        burn::tensor::Distribution::Default,
+        &train_device,
+    );
+    let time = |backward: bool| {
+        let mut total = 0.0;
+        for i in 0..=repeats {
+            let started = Instant::now();
+            let y = conv.forward(x.clone()).sum();
+            if backward {
+                let grads = y.backward();
+                let g = conv.weight.grad(&grads).expect("the weight has a gradient");
+                g.sum().into_data();
+            } else {
+                y.without_autodiff().into_data();
+            }
+            if i > 0 {
+                total += started.elapsed().as_secs_f64();
+            }
+        }
+        total / repeats.max(1) as f64
+    };
+    (time(false), time(true))
+}
+
+/// The first float parameter of a module, flattened (to wait on).
+struct Probe(Option<Tensor<1>>);
+
+impl burn::module::ModuleVisitor for Probe {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        if self.0.is_none() {
+            let value = param.val().without_autodiff();
+            let n = value.shape().num_elements();
+            self.0 = Some(value.reshape([n]));
+        }
+    }
+}
+
+/// A module's first float parameter, flattened (to wait on).
+fn first_param<M: burn::module::Module>(module: &M) -> Tensor<1> {
+    let mut probe = Probe(None);
+    module.visit(&mut probe);
+    probe.0.expect("the model has parameters")
+}
+
+/// The gradient of a module's first parameter, flattened (to wait on).
+fn grads_probe<M: burn::module::Module>(
+    module: &M,
+    grads: &burn::optim::GradientsParams,
+) -> Tensor<1> {
+    struct First<'a>(&'a burn::optim::GradientsParams, Option<Tensor<1>>);
+    impl burn::module::ModuleVisitor for First<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if self.1.is_none()
+                && let Some(g) = self.0.get::<D>(param.id)
+            {
+                let n = g.shape().num_elements();
+                self.1 = Some(g.reshape([n]));
+            }
+        }
+    }
+    let mut first = First(grads, None);
+    module.visit(&mut first);
+    first.1.expect("the model has gradients")
+}
+
 /// The process's peak resident set size (`VmHWM`), on Linux.
 fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -226,5 +391,10 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(t.peak_rss_bytes.unwrap() > 1 << 20);
         }
+        let (forward, both) = conv_kernel(1, 1, &Device::flex());
+        assert!(forward > 0.0 && both > forward);
+        let phases = phases(&config, 1, &Device::flex()).unwrap();
+        assert_eq!(phases.len(), 6);
+        assert!(phases.iter().all(|(_, t)| *t > 0.0), "{phases:?}");
     }
 }

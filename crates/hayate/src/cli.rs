@@ -194,6 +194,10 @@ pub enum BenchCommand {
         /// Skip the PyTorch comparison.
         #[arg(long)]
         no_torch: bool,
+        /// Also time each phase of a step on its own (host batch, transfer, forward, backward,
+        /// Adam, EMA): where the time goes.
+        #[arg(long)]
+        phases: bool,
         /// Also write the figures as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -501,6 +505,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     backend,
                     python,
                     no_torch,
+                    phases,
                     out,
                 },
         } => {
@@ -534,6 +539,21 @@ pub fn run(cli: Cli) -> Result<()> {
                     ))
             );
             let mut result = serde_json::json!({ "hayate": ours, "device": why });
+            if phases {
+                let times = crate::bench::phases(&run_config, steps as usize, &device)?;
+                let total: f64 = times.iter().map(|(_, t)| t).sum();
+                println!("  phases of a step, each timed alone ({total:.3} s in all):");
+                for (name, t) in &times {
+                    println!("    {name:<40} {t:>8.4} s  {:>5.1}%", 100.0 * t / total);
+                }
+                result["phases"] = serde_json::json!(times);
+                let (forward, both) = crate::bench::conv_kernel(batch, steps as usize, &device);
+                println!(
+                    "  one 3x3 convolution 128->128 at 32x32, batch {batch}: forward {forward:.4} s, forward+backward {both:.4} s"
+                );
+                result["conv3x3"] =
+                    serde_json::json!({ "forward": forward, "forward_backward": both });
+            }
             if !no_torch {
                 let python = python
                     .or_else(|| std::env::var("HAYATE_PYTHON").ok())
@@ -577,6 +597,17 @@ pub fn run(cli: Cli) -> Result<()> {
                             ours.train_images_per_second / train,
                             ours.sample_image_steps_per_second / sample
                         );
+                        if let (Some(ours), Some(theirs)) =
+                            (result.get("conv3x3"), torch.get("conv3x3"))
+                        {
+                            let t =
+                                |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+                            println!(
+                                "3x3 convolution, PyTorch / hayate time: forward {:.3}x, forward+backward {:.3}x",
+                                t(theirs, "forward") / t(ours, "forward"),
+                                t(theirs, "forward_backward") / t(ours, "forward_backward")
+                            );
+                        }
                         result["torch"] = torch;
                     }
                     Err(why) => println!("PyTorch comparison skipped: {why}"),
