@@ -118,39 +118,75 @@ fn training_logs_fid_at_the_configured_steps() {
     assert!(run.join("plots/fid.png").is_file());
 }
 
-/// `hayate eval fid` on two image sets writes its result, naming what was compared and n.
+/// `hayate eval fid` on two image sets writes its result, naming what was compared and n; a
+/// prepared file of the same reference images gives the same FID.
 #[test]
 fn eval_fid_compares_two_cifar10_splits() {
     let (Some(data), Some(weights)) = (common::shared_cifar10(), weights()) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("fid.json");
-    hayate::cli::run(hayate::cli::Cli {
-        command: hayate::cli::Command::Eval {
-            what: hayate::cli::EvalCommand::Fid {
-                checkpoint: None,
-                images: Some(hayate::cli::ImageSet::Cifar10Test),
-                n: 5,
-                reference: hayate::cli::ImageSet::Cifar10Train,
-                ref_prepared: None,
-                cfg_scale: None,
-                sampler: hayate::cli::SamplerChoice::Ddim,
-                steps: 10,
-                seed: 0,
-                batch: 5,
-                inception_weights: Some(weights),
-                data_dir: Some(data),
-                backend: hayate::backend::BackendChoice::Cpu,
-                out: Some(out.clone()),
+    let run = |ref_prepared: Option<PathBuf>| {
+        let out = dir.path().join("fid.json");
+        hayate::cli::run(hayate::cli::Cli {
+            command: hayate::cli::Command::Eval {
+                what: hayate::cli::EvalCommand::Fid {
+                    checkpoint: None,
+                    images: Some(hayate::cli::ImageSet::Cifar10Test),
+                    n: 5,
+                    reference: hayate::cli::ImageSet::Cifar10Train,
+                    ref_prepared,
+                    cfg_scale: None,
+                    sampler: hayate::cli::SamplerChoice::Ddim,
+                    steps: 10,
+                    seed: 0,
+                    batch: 5,
+                    inception_weights: Some(weights.clone()),
+                    data_dir: Some(data.clone()),
+                    backend: hayate::backend::BackendChoice::Cpu,
+                    out: Some(out.clone()),
+                },
             },
-        },
-    })
-    .unwrap();
-    let result: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        })
+        .unwrap();
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&out).unwrap()).unwrap()
+    };
+    let result = run(None);
     assert_eq!(result["n"], 5);
     assert_eq!(result["subject"], "Cifar10Test");
     assert!(result["fid"].as_f64().unwrap() > 0.0, "{result}");
     assert!(result.get("sampler").is_none(), "{result}");
+
+    // The first five training images as PNGs, prepared: the same pixels, so the same FID.
+    let train = Cifar10::open(&data, Split::Train).unwrap();
+    let folder = dir.path().join("train5");
+    std::fs::create_dir(&folder).unwrap();
+    for i in 0..5 {
+        let pixels = train.image(i).0;
+        image::RgbImage::from_fn(32, 32, |x, y| {
+            let at = (y * 32 + x) as usize;
+            image::Rgb([pixels[at], pixels[1024 + at], pixels[2048 + at]])
+        })
+        .save(folder.join(format!("{i}.png")))
+        .unwrap();
+    }
+    let prepared = dir.path().join("train5.hds");
+    hayate_data::prepare(
+        &hayate_data::ImageFolder::scan(&folder).unwrap(),
+        32,
+        &prepared,
+        1,
+        |_| std::ops::ControlFlow::Continue(()),
+    )
+    .unwrap();
+    let again = run(Some(prepared.clone()));
+    assert_eq!(again["reference"], prepared.display().to_string());
+    let (a, b) = (
+        result["fid"].as_f64().unwrap(),
+        again["fid"].as_f64().unwrap(),
+    );
+    assert!(
+        (a - b).abs() < 1e-6 * a,
+        "FID {a} against CIFAR-10, {b} against the prepared file"
+    );
 }
