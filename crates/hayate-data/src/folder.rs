@@ -68,12 +68,18 @@ impl ImageFolder {
     }
 }
 
-/// The subfolders and files directly in `dir`, each sorted by name.
+/// The subfolders and files directly in `dir`, each sorted by name. Hidden entries (names
+/// starting with a dot: `.DS_Store`, `.ipynb_checkpoints`) are left out, so they never become a
+/// class.
 fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> {
     let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
     let (mut dirs, mut files) = (Vec::new(), Vec::new());
     for entry in entries {
-        let path = entry.map_err(|e| DataError::io(dir, e))?.path();
+        let entry = entry.map_err(|e| DataError::io(dir, e))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
         // Follows symbolic links, as a folder of links to the real images is common.
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => dirs.push(path),

@@ -89,6 +89,9 @@ fn a_folder_with_broken_files_prepares_its_images_and_names_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("train");
     let broken = write_folder(&root);
+    // Hidden entries are no class and no image.
+    std::fs::create_dir(root.join(".ipynb_checkpoints")).unwrap();
+    std::fs::write(root.join("cat/.DS_Store"), b"\0\0\0\x01Bud1").unwrap();
     let folder = ImageFolder::scan(&root).unwrap();
     assert_eq!(folder.classes, CLASSES);
     assert_eq!(folder.files.len(), 3 * PER_CLASS + 1 + broken.len());
