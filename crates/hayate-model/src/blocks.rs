@@ -291,3 +291,116 @@ impl Upsample {
         self.conv.forward(nearest_up(x))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        let (a, b) = (
+            a.into_data().try_to_vec::<f32>().unwrap(),
+            b.into_data().try_to_vec::<f32>().unwrap(),
+        );
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn each_attention_head_attends_over_its_own_channels() {
+        let device = Device::flex();
+        let (n, c, side, heads) = (2, 8, 3, 2);
+        let mut block = AttentionBlock::new(c, heads, 2, &device);
+        // A non-zero output projection, so the attention shows in the output.
+        block.out = conv1x1(c, c, &device);
+        let x = Tensor::<4>::random(
+            [n, c, side, side],
+            burn::tensor::Distribution::Default,
+            &device,
+        );
+        let hw = side * side;
+        let d = c / heads;
+        let normed = block.norm.forward(x.clone());
+        let flat = |t: Tensor<4>| t.reshape([n, c, hw]);
+        let (q, k, v) = (
+            flat(block.query.forward(normed.clone())),
+            flat(block.key.forward(normed.clone())),
+            flat(block.value.forward(normed)),
+        );
+        // Each head separately, from its slice of the channels, then concatenated.
+        let per_head: Vec<Tensor<3>> = (0..heads)
+            .map(|h| {
+                let slice = |t: &Tensor<3>| t.clone().narrow(1, h * d, d);
+                let logits = slice(&q).swap_dims(1, 2).matmul(slice(&k)) / (d as f64).sqrt();
+                slice(&v).matmul(softmax(logits, 2).swap_dims(1, 2))
+            })
+            .collect();
+        let attended = Tensor::cat(per_head, 1).reshape([n, c, side, side]);
+        let want = x.clone() + block.out.forward(attended);
+        let two = block.forward(x.clone());
+        let diff = close(two.clone(), want);
+        assert!(diff < 1e-5, "{diff}");
+        // One head over all channels is a different function.
+        block.heads = 1;
+        let diff = close(block.forward(x), two);
+        assert!(diff > 1e-4, "{diff}");
+    }
+
+    #[test]
+    fn scale_shift_blocks_apply_the_timestep_after_the_norm() {
+        let device = Device::flex();
+        let (n, c, side, temb) = (2, 4, 4, 6);
+        let mut block = ResBlockConfig {
+            cin: c,
+            cout: c,
+            time_dim: temb,
+            groups: 2,
+            dropout: 0.0,
+            scale_shift: true,
+            resample: Resample::Down,
+        }
+        .init(&device);
+        block.conv1 = conv3x3(c, c, 1, &device);
+        let x = Tensor::<4>::random(
+            [n, c, side, side],
+            burn::tensor::Distribution::Default,
+            &device,
+        );
+        let t = Tensor::<2>::random([n, temb], burn::tensor::Distribution::Default, &device);
+        // ADM: norm, SiLU, pool (branch and skip alike), conv; then norm(h) (1 + scale) + shift
+        // with the first half of the projection as the scale.
+        let pooled = Resample::Down.apply(silu(block.norm0.forward(x.clone())));
+        let h = block.conv0.forward(pooled);
+        let proj = block
+            .time_proj
+            .forward(silu(t.clone()))
+            .reshape([n, 2 * c, 1, 1]);
+        let (scale, shift) = (proj.clone().narrow(1, 0, c), proj.narrow(1, c, c));
+        let h = block.norm1.forward(h) * (scale + 1.0) + shift;
+        let want = Resample::Down.apply(x.clone()) + block.conv1.forward(silu(h));
+        let got = block.forward(x, t);
+        assert_eq!(got.dims(), [n, c, side / 2, side / 2]);
+        let diff = close(got, want);
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn resampling_pools_and_repeats() {
+        let device = Device::flex();
+        let x = Tensor::<4>::from_floats([[[[1.0, 3.0], [5.0, 7.0]]]], &device);
+        let down = Resample::Down
+            .apply(x.clone())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(down, vec![4.0]);
+        let up = Resample::Up
+            .apply(x)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(&up[..4], &[1.0, 1.0, 3.0, 3.0]);
+        assert_eq!(&up[8..12], &[5.0, 5.0, 7.0, 7.0]);
+    }
+}
