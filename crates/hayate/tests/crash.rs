@@ -2,7 +2,8 @@
 //! while it writes a checkpoint, always leaves a newest complete checkpoint that loads, and the
 //! run resumed after every kill ends bit-identical to one trained straight through. A checkpoint
 //! write that fails part way (a file size limit, as on a full disk) stops the run with a clear
-//! message and loses no earlier checkpoint.
+//! message and loses no earlier checkpoint. A `hayate prepare` killed part way resumes to the
+//! same file.
 
 mod common;
 
@@ -186,4 +187,92 @@ fn a_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_one() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+/// `hayate prepare` killed (SIGKILL) part way, several times, then run to the end: the file is
+/// byte-identical to an uninterrupted prepare, and no output file exists before the end.
+#[test]
+fn killed_prepares_resume_to_the_same_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for class in ["a", "b", "c", "d"] {
+        std::fs::create_dir_all(src.join(class)).unwrap();
+    }
+    // Enough images that a prepare takes a while (one thread, 32 per chunk).
+    for i in 0..2400u32 {
+        let class = ["a", "b", "c", "d"][i as usize % 4];
+        image::RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 5) as u8, (i % 251) as u8])
+        })
+        .save(src.join(class).join(format!("{i:05}.png")))
+        .unwrap();
+    }
+    let folder = hayate_data::ImageFolder::scan(&src).unwrap();
+    let straight = tmp.path().join("straight.hds");
+    hayate_data::prepare(&folder, 32, &straight, 1, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+
+    let out = tmp.path().join("killed.hds");
+    let journal = tmp.path().join("killed.hds.progress");
+    let prepare = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hayate"));
+        cmd.args([
+            "prepare",
+            "imagenet",
+            "--size",
+            "32",
+            "--threads",
+            "1",
+            "--src",
+        ])
+        .arg(&src)
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        cmd
+    };
+    let mut kills = 0;
+    let mut last_size = 0;
+    let mut finished = None;
+    for attempt in 0..40 {
+        let mut child = prepare().spawn().unwrap();
+        // Wait for the journal to move past what the previous attempt reached, then kill at a
+        // moment that varies with the attempt.
+        let started = std::time::Instant::now();
+        while std::fs::metadata(&journal).map_or(0, |m| m.len()) <= last_size
+            && child.try_wait().unwrap().is_none()
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(7 * (attempt % 5)));
+        if kills == 4 || child.try_wait().unwrap().is_some() {
+            finished = Some(child.wait_with_output().unwrap());
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        assert!(!out.exists(), "a killed prepare left {}", out.display());
+        last_size = std::fs::metadata(&journal).map_or(0, |m| m.len());
+    }
+    eprintln!("{kills} prepares killed before the one that finished");
+    assert!(kills >= 1, "no prepare was caught before its end");
+    let finish = finished.expect("the last prepare ran to its end");
+    let log = String::from_utf8_lossy(&finish.stderr);
+    assert!(finish.status.success(), "{log}");
+    assert!(
+        log.contains("resumed an interrupted prepare after"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&straight).unwrap(),
+        "after {kills} kills"
+    );
+    assert!(!journal.exists());
 }
