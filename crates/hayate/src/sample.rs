@@ -202,6 +202,91 @@ pub fn write_png(image: &image::RgbImage, path: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A class-conditional tiny UNet with every parameter nudged by host-drawn noise, so that
+    /// its zero-initialised output layers do not hide the labels. (Host draws, and the weights
+    /// through `init_unet`'s lock, keep other tests' backend draws undisturbed.)
+    fn conditional_model(device: &Device) -> UNet {
+        struct Nudge(HostRng);
+        impl burn::module::ModuleMapper for Nudge {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: burn::module::Param<Tensor<D>>,
+            ) -> burn::module::Param<Tensor<D>> {
+                param.map(|t| {
+                    let shape = t.shape();
+                    let mut noise = vec![0f32; shape.num_elements()];
+                    fill_standard_normal(&mut self.0, &mut noise);
+                    noise.iter_mut().for_each(|v| *v *= 0.05);
+                    let noise = Tensor::from_data(TensorData::new(noise, shape), &t.device());
+                    t + noise
+                })
+            }
+        }
+        let config = hayate_model::UNetConfig {
+            num_classes: 3,
+            ..hayate_model::UNetConfig::tiny()
+        };
+        crate::train::init_unet(&config, 5, device).map(&mut Nudge(HostRng::seed_from_u64(9)))
+    }
+
+    #[test]
+    fn guidance_mixes_the_conditional_and_unconditional_predictions() {
+        let device = Device::flex();
+        let model = conditional_model(&device);
+        let n = 2;
+        let mut x = vec![0f32; n * 3 * 32 * 32];
+        fill_standard_normal(&mut HostRng::seed_from_u64(1), &mut x);
+        let t = [100, 700];
+        let predict = |scale: f64| {
+            let guidance = Guidance {
+                labels: vec![0, 2],
+                scale,
+            };
+            let mut denoiser = UNetDenoiser {
+                model: &model,
+                device: device.clone(),
+                guidance: Some(&guidance),
+            };
+            denoiser.predict(&x, &t)
+        };
+        let (uncond, cond, guided) = (predict(0.0), predict(1.0), predict(3.0));
+        let unlabelled = UNetDenoiser {
+            model: &model,
+            device: device.clone(),
+            guidance: None,
+        }
+        .predict(&x, &t);
+        let max_diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        // Scale 0 is the "no label" prediction; labels change the prediction; scale 3 is
+        // uncond + 3 (cond - uncond).
+        assert!(max_diff(&uncond, &unlabelled) < 1e-5);
+        assert!(max_diff(&uncond, &cond) > 1e-3);
+        let want: Vec<f32> = uncond
+            .iter()
+            .zip(&cond)
+            .map(|(u, c)| u + 3.0 * (c - u))
+            .collect();
+        assert!(
+            max_diff(&guided, &want) < 1e-4,
+            "{}",
+            max_diff(&guided, &want)
+        );
+    }
+
+    #[test]
+    fn guidance_labels_cycle_or_are_drawn_in_range() {
+        assert_eq!(Guidance::cycling(5, 3, 1.0).labels, vec![0, 1, 2, 0, 1]);
+        let drawn = Guidance::random(200, 7, 3, 2.0);
+        assert!(drawn.labels.iter().all(|&l| l < 7));
+        assert!((0..7).all(|c| drawn.labels.contains(&c)));
+        assert_eq!(drawn, Guidance::random(200, 7, 3, 2.0));
+    }
+
     #[test]
     fn grid_has_the_expected_layout_and_pixels() {
         let dir = tempfile::tempdir().unwrap();
