@@ -56,6 +56,18 @@ pub struct SourceState {
     pub cursor: usize,
 }
 
+impl SourceState {
+    /// The start of a run with `seed`: step 0, fresh streams, no epoch drawn yet.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            step: 0,
+            streams: Streams::new(seed),
+            order: Vec::new(),
+            cursor: 0,
+        }
+    }
+}
+
 /// Builds training batches from a dataset, a noise schedule and a timestep sampler.
 pub struct BatchSource {
     /// The images.

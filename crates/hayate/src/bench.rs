@@ -168,11 +168,10 @@ pub fn throughput(
 /// drained after each (so, unlike [`throughput`], nothing overlaps): where a step's time goes.
 /// Averages over `steps` steps after one warm-up step.
 pub fn phases(config: &RunConfig, steps: usize, device: &Device) -> Result<Vec<(String, f64)>> {
-    use crate::batches::{BatchSource, SourceState, Streams};
+    use crate::batches::{BatchSource, SourceState};
     use crate::ema::Ema;
-    use crate::optim::ScheduledAdam;
     use crate::step::DenoisingModel;
-    use burn::optim::{GradientsParams, ModuleOptimizer};
+    use burn::optim::GradientsParams;
 
     let unet = config.model.resolve()?;
     let train_device = device.clone().autodiff();
@@ -187,18 +186,8 @@ pub fn phases(config: &RunConfig, steps: usize, device: &Device) -> Result<Vec<(
         unet.num_classes,
         0,
     ));
-    let state = SourceState {
-        step: 0,
-        streams: Streams::new(0),
-        order: Vec::new(),
-        cursor: 0,
-    };
-    let mut source = BatchSource::new(images, config, state)?;
-    let mut optim = ModuleOptimizer::from(ScheduledAdam {
-        momentum: config.train.momentum_schedule(),
-        beta2: config.train.beta2,
-        epsilon: config.train.adam_eps,
-    });
+    let mut source = BatchSource::new(images, config, SourceState::new(0))?;
+    let mut optim = config.train.optimizer();
     let mut ema = Ema::new(&model.unet, config.train.ema_decay, config.train.ema_warmup);
     // Reading one value waits for everything queued before it on an in-order device.
     let drain = |t: Tensor<1>| t.sum().into_data();

@@ -231,6 +231,15 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The run's optimiser: Adam with beta1 following `momentum_schedule` (MDLRC).
+    pub fn optimizer(&self) -> burn::optim::ModuleOptimizer {
+        burn::optim::ModuleOptimizer::from(crate::optim::ScheduledAdam {
+            momentum: self.momentum_schedule(),
+            beta2: self.beta2,
+            epsilon: self.adam_eps,
+        })
+    }
+
     /// beta1(k) and the lr compensation of this run (constant beta1 without `momentum`).
     pub fn momentum_schedule(&self) -> MomentumSchedule {
         MomentumSchedule {

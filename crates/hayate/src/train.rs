@@ -2,16 +2,14 @@
 //! burn-train `Learner`, with a learning strategy whose "epoch" is the interval between
 //! checkpoints.
 
-use crate::batches::{BatchSource, SourceState, StepLoader, Streams};
+use crate::batches::{BatchSource, SourceState, StepLoader};
 use crate::checkpoint::{Checkpoint, CheckpointMeta, write_atomic};
 use crate::config::RunConfig;
 use crate::ema::Ema;
 use crate::metric::{Beta1, HostValue, ImagesPerSecond, MeanT};
-use crate::optim::ScheduledAdam;
 use crate::sample::{Guidance, generate, save_grid};
 use crate::step::DenoisingModel;
 use anyhow::{Context, Result, bail};
-use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
@@ -205,12 +203,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
         unet,
         grad_clip: config.train.grad_clip,
     };
-    let momentum = config.train.momentum_schedule();
-    let optimizer = ModuleOptimizer::from(ScheduledAdam {
-        momentum,
-        beta2: config.train.beta2,
-        epsilon: config.train.adam_eps,
-    });
+    let optimizer = config.train.optimizer();
     let start_step = resume_from.as_ref().map_or(0, |(_, c)| c.step());
     let scheduler = config.train.lr_schedule(start_step);
     let mut learner = Learner::new(model, optimizer, scheduler);
@@ -228,12 +221,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
             (checkpoint.meta.source.clone(), ema)
         }
         None => (
-            SourceState {
-                step: 0,
-                streams: Streams::new(config.train.seed),
-                order: Vec::new(),
-                cursor: 0,
-            },
+            SourceState::new(config.train.seed),
             Ema::new(
                 &learner.model().unet,
                 config.train.ema_decay,
