@@ -337,7 +337,7 @@ pub fn prepare(
         names_crc: crc32fast::hash(names.as_bytes()),
         table_crc: 0,
     };
-    let job = job_id(folder, size)?;
+    let job = job_id(folder, size);
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |e| DataError::io(path, e)
@@ -465,7 +465,13 @@ fn decode_parallel(
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|(path, _)| load_square(path, size))
+                        .map(|(path, _)| {
+                            // A decoder that panics on a malformed file makes that file
+                            // unusable, not the whole prepare.
+                            std::panic::catch_unwind(|| load_square(path, size)).unwrap_or_else(
+                                |_| Err("cannot decode: the decoder crashed on this file".into()),
+                            )
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -487,7 +493,7 @@ fn sibling(out: &Path, suffix: &str) -> PathBuf {
 
 /// Identifies a prepare by its inputs: the format, the size, and every file's path, class,
 /// length and modification time, so a resume never mixes two different sources.
-pub fn job_id(folder: &ImageFolder, size: usize) -> Result<String, DataError> {
+pub fn job_id(folder: &ImageFolder, size: usize) -> String {
     let mut hash = Md5::new();
     hash.update(format!("v{VERSION} size {size}\n"));
     for class in &folder.classes {
@@ -503,7 +509,7 @@ pub fn job_id(folder: &ImageFolder, size: usize) -> Result<String, DataError> {
         let relative = path.strip_prefix(&folder.root).unwrap_or(path);
         hash.update(format!("{} {label} {len} {modified}\n", relative.display()));
     }
-    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The saved position of an interrupted prepare, rewritten atomically after each chunk.

@@ -59,7 +59,7 @@ pub fn open_training_images(
 fn prepared_in_cache(src: &Path, size: usize, cache: &Path) -> Result<PathBuf> {
     eprintln!("scanning {}", src.display());
     let folder = ImageFolder::scan(src)?;
-    let job = hayate_data::job_id(&folder, size)?;
+    let job = hayate_data::job_id(&folder, size);
     let stem = src
         .file_name()
         .map_or_else(|| "images".into(), |n| n.to_string_lossy().into_owned());

@@ -210,12 +210,13 @@ impl Statistics {
 /// into statistics. Prints progress every `report` images.
 pub fn statistics_of(
     net: &FidInception,
-    batches: impl Iterator<Item = (Vec<f32>, [usize; 4])>,
+    batches: impl Iterator<Item = Result<(Vec<f32>, [usize; 4])>>,
     report: usize,
 ) -> Result<Statistics> {
     let mut acc = Accumulator::new(FEATURES);
     let mut next_report = report;
-    for (values, shape) in batches {
+    for batch in batches {
+        let (values, shape) = batch?;
         let images = Tensor::<4>::from_data(TensorData::new(values, shape), net.device());
         let features = net
             .features(images)
@@ -276,13 +277,11 @@ pub fn dataset_statistics(
         let mut values = vec![0f32; count * per];
         let mut pixels = vec![0u8; per];
         for (k, out) in values.chunks_exact_mut(per).enumerate() {
-            // Read (and checksummed) once above; a failure now is a changed file.
-            images
-                .read(start + k, &mut pixels)
-                .expect("the images read a moment ago read again");
+            // Read (and checksummed) once above; a failure now means the file changed.
+            images.read(start + k, &mut pixels)?;
             hayate_data::image_to_unit_range(&pixels, size, false, out);
         }
-        (values, [count, 3, size, size])
+        Ok((values, [count, 3, size, size]))
     });
     let stats = statistics_of(net, batches, 1000)?;
     stats.save(&path)?;
@@ -324,7 +323,7 @@ pub fn sample_statistics(
             guidance.as_ref(),
         );
         quantize(&mut values);
-        (values, [count, 3, size, size])
+        Ok((values, [count, 3, size, size]))
     });
     statistics_of(net, batches, 1000)
 }
