@@ -30,6 +30,15 @@ info CONFIG="experiments/cifar10-baseline.toml":
 bench-throughput PRESET="ddpm_cifar10" *ARGS:
     cargo run --release -p hayate -- bench throughput --preset {{PRESET}} {{ARGS}}
 
+# The convergence benchmark: each method trained over two seeds on CIFAR-10 at 16x16, scored at
+# fixed steps (about 1.5 hours on a 2-core CPU): just bench-convergence --backend cpu
+bench-convergence CONFIG="experiments/bench-convergence.toml" *ARGS:
+    cargo run --release -p hayate -- bench convergence --config {{CONFIG}} {{ARGS}}
+
+# Retrain the benchmark's feature network (benches/cifar10-16-features.hfn, about 5 minutes on a CPU).
+bench-feature-net *ARGS:
+    cargo run --release -p hayate -- bench feature-net {{ARGS}}
+
 # Run every test (CPU backend; the WGPU test runs where a WGPU adapter exists).
 test *ARGS:
     cargo test --workspace {{ARGS}}

@@ -5,6 +5,7 @@
 mod batch;
 mod cifar10;
 mod download;
+mod downscale;
 mod error;
 mod folder;
 mod prepared;
@@ -14,6 +15,7 @@ pub use cifar10::{CIFAR10_CLASSES, Cifar10, CifarImage, IMAGE_BYTES, RECORD_BYTE
 pub use download::{
     CIFAR10_ARCHIVE_MD5, CIFAR10_URL, cifar10_dir, download_cifar10, extract_cifar10, fetch,
 };
+pub use downscale::{BoxDownscaled, box_downscale};
 pub use error::DataError;
 pub use folder::{ImageFolder, MAX_DIMENSION, MAX_FILE_BYTES, load_square, square};
 pub use prepared::{PrepareProgress, PrepareReport, PreparedImages, Skipped, job_id, prepare};

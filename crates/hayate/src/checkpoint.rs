@@ -212,8 +212,8 @@ impl Checkpoint {
     }
 }
 
-/// Checkpoint files in `dir`, oldest first.
-fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+/// Checkpoint files (`ckpt-*.hayate`) in `dir`, oldest first.
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))?;
     let mut found: Vec<PathBuf> = entries

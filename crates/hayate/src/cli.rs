@@ -202,6 +202,53 @@ pub enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The convergence benchmark: trains one small model with each method of the config over
+    /// its seeds on real CIFAR-10, scores samples at fixed steps with the Frechet distance in
+    /// the features of a small CIFAR-10 classifier (and, for some checkpoints, Inception FID, to
+    /// show the two rank alike), and reports each method's speed-up over the baseline. Finished
+    /// runs are kept, so an interrupted benchmark continues where it stopped.
+    Convergence {
+        /// The benchmark (experiments/bench-*.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// CIFAR-10's folder (else $HAYATE_CIFAR10_DIR or the cache).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Where runs, results, the table and the plot go (default runs/<config name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Skip the Inception FID check of the proxy metric.
+        #[arg(long)]
+        no_inception: bool,
+        /// FID's Inception weights (else $HAYATE_INCEPTION_WEIGHTS, else the cached download).
+        #[arg(long)]
+        inception_weights: Option<PathBuf>,
+        /// Where to run.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+    },
+    /// Trains the convergence benchmark's feature network (a small CIFAR-10 classifier) and
+    /// writes its weights with its test accuracy.
+    FeatureNet {
+        /// CIFAR-10's folder (else $HAYATE_CIFAR10_DIR or the cache).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Image side: 32, or 16 / 8 (CIFAR-10 averaged over blocks).
+        #[arg(long, default_value_t = 16)]
+        resolution: usize,
+        /// Passes over the training images.
+        #[arg(long, default_value_t = 15)]
+        epochs: usize,
+        /// Seed of the initialisation, shuffling and flips.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The weights file to write.
+        #[arg(long, default_value = "benches/cifar10-16-features.hfn")]
+        out: PathBuf,
+        /// Where to run.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+    },
 }
 
 /// `hayate prepare` sources.
@@ -496,6 +543,91 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench {
             what:
+                BenchCommand::FeatureNet {
+                    data_dir,
+                    resolution,
+                    epochs,
+                    seed,
+                    out,
+                    backend,
+                },
+        } => {
+            if ![32, 16, 8].contains(&resolution) {
+                bail!("--resolution must be 32, 16 or 8");
+            }
+            let (device, why) = select(backend)?;
+            eprintln!("device: {why}");
+            let cache = crate::train::cache_dir();
+            let open = |split| {
+                crate::dataset::cifar10_images(data_dir.as_deref(), split, resolution, &cache)
+            };
+            let (train_images, test_images) = (open(Split::Train)?, open(Split::Test)?);
+            eprintln!("training on {}", train_images.describe());
+            let settings = crate::feature_net::FeatureNetTraining {
+                epochs,
+                seed,
+                ..Default::default()
+            };
+            let start = std::time::Instant::now();
+            let file = crate::feature_net::train_feature_net(
+                train_images.as_ref(),
+                test_images.as_ref(),
+                &settings,
+                &device,
+                |epoch, loss| {
+                    eprintln!(
+                        "epoch {epoch}/{epochs}: loss {loss:.4} ({:.0} s)",
+                        start.elapsed().as_secs_f64()
+                    )
+                },
+            )?;
+            file.save(&out)?;
+            println!(
+                "wrote {}: test accuracy {:.2}% on {} CIFAR-10 test images, trained in {:.0} s",
+                out.display(),
+                100.0 * file.info.test_accuracy,
+                file.info.test_images,
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Convergence {
+                    config,
+                    data_dir,
+                    out,
+                    no_inception,
+                    inception_weights,
+                    backend,
+                },
+        } => {
+            let bench = crate::convergence::BenchConfig::load(&config)?;
+            let out = out.unwrap_or_else(|| {
+                PathBuf::from("runs").join(
+                    config
+                        .file_stem()
+                        .map_or_else(|| "bench".into(), |s| s.to_string_lossy().into_owned()),
+                )
+            });
+            let (device, why) = select(backend)?;
+            eprintln!("device: {why}");
+            let report = crate::convergence::run(
+                &bench,
+                &crate::convergence::BenchOptions {
+                    data_dir,
+                    out: out.clone(),
+                    inception: !no_inception,
+                    inception_weights,
+                },
+                &device,
+            )?;
+            println!("{}", report.table());
+            println!("results, table and plot in {}", out.display());
+            Ok(())
+        }
+        Command::Bench {
+            what:
                 BenchCommand::Throughput {
                     preset,
                     config,
@@ -666,8 +798,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     let model = load_ema(&loaded, &device)?;
                     let chosen = sampler.build(steps, &schedule, config)?;
                     eprintln!("sampling {n} images from {}", path.display());
-                    let stats = crate::fid::sample_statistics(
-                        &net,
+                    let batches = crate::fid::sample_batches(
                         &model,
                         &device,
                         &schedule,
@@ -677,7 +808,8 @@ pub fn run(cli: Cli) -> Result<()> {
                         batch,
                         seed,
                         cfg_scale.unwrap_or(config.sampling.cfg_scale),
-                    )?;
+                    );
+                    let stats = crate::fid::statistics_of(&net, batches.map(Ok), 1000)?;
                     (path.display().to_string(), stats, Some(loaded.step()))
                 }
                 (None, Some(set)) => (format!("{set:?}"), stats_of(set)?, None),

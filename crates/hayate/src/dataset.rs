@@ -4,7 +4,8 @@
 use crate::config::{DataConfig, DatasetKind};
 use anyhow::{Context, Result, bail};
 use hayate_data::{
-    Cifar10, ImageFolder, ImageSource, PrepareProgress, PrepareReport, PreparedImages, Split,
+    BoxDownscaled, Cifar10, ImageFolder, ImageSource, PrepareProgress, PrepareReport,
+    PreparedImages, Split,
 };
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -23,10 +24,7 @@ pub fn open_training_images(
 ) -> Result<Arc<dyn ImageSource>> {
     let dir = dir.or(data.dir.as_deref());
     let images: Arc<dyn ImageSource> = match data.dataset {
-        DatasetKind::Cifar10 => {
-            let dir = hayate_data::cifar10_dir(dir, cache)?;
-            Arc::new(Cifar10::open(&dir, Split::Train)?)
-        }
+        DatasetKind::Cifar10 => cifar10_images(dir, Split::Train, resolution, cache)?,
         DatasetKind::ImageFolder => {
             let Some(dir) = dir else {
                 bail!(
@@ -45,13 +43,30 @@ pub fn open_training_images(
     if images.resolution() != resolution {
         bail!(
             "{} is {}x{} but the model is built for {resolution}x{resolution}; prepare the data at \
-             {resolution} (hayate prepare --size {resolution}) or change model.resolution",
+             {resolution} (hayate prepare --size {resolution}) or change model.resolution \
+             (CIFAR-10 also trains at 16 and 8)",
             images.describe(),
             images.resolution(),
             images.resolution()
         );
     }
     Ok(images)
+}
+
+/// A CIFAR-10 split from `dir` (else `$HAYATE_CIFAR10_DIR` or the cache, downloading there),
+/// averaged over 2x2 or 4x4 blocks when `resolution` is 16 or 8.
+pub fn cifar10_images(
+    dir: Option<&Path>,
+    split: Split,
+    resolution: usize,
+    cache: &Path,
+) -> Result<Arc<dyn ImageSource>> {
+    let dir = hayate_data::cifar10_dir(dir, cache)?;
+    let full: Arc<dyn ImageSource> = Arc::new(Cifar10::open(&dir, split)?);
+    Ok(match BoxDownscaled::new(full.clone(), resolution) {
+        Some(small) if resolution < full.resolution() => Arc::new(small),
+        _ => full,
+    })
 }
 
 /// The prepared file of folder `src` at `size` in `cache/prepared`, named by a hash of the

@@ -39,6 +39,37 @@ pub fn inception_weights(explicit: Option<&Path>, cache: &Path) -> Result<PathBu
     Ok(path)
 }
 
+/// A network whose features FID-style statistics are taken of: Inception for FID, or the
+/// benchmark's small CIFAR-10 classifier.
+pub trait FeatureExtractor {
+    /// Features `[n, dims]` of images `[n, 3, h, w]` in [-1, 1].
+    fn features(&self, images: Tensor<4>) -> Tensor<2>;
+    /// Feature dimensions.
+    fn dims(&self) -> usize;
+    /// Where the network runs.
+    fn device(&self) -> &Device;
+    /// SHA-256 of the weights, which keys cached reference statistics.
+    fn weights_sha256(&self) -> &[u8; 32];
+}
+
+impl FeatureExtractor for FidInception {
+    fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        FidInception::features(self, images)
+    }
+
+    fn dims(&self) -> usize {
+        FEATURES
+    }
+
+    fn device(&self) -> &Device {
+        FidInception::device(self)
+    }
+
+    fn weights_sha256(&self) -> &[u8; 32] {
+        FidInception::weights_sha256(self)
+    }
+}
+
 /// Mean and covariance of a set's features.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Statistics {
@@ -139,15 +170,37 @@ fn symmetric_sqrt(m: &DMatrix<f64>) -> DMatrix<f64> {
 /// (S_a S_b)^(1/2) is that of (A S_b A)^(1/2) with A = S_a^(1/2), a symmetric positive
 /// semi-definite matrix, so both square roots come from symmetric eigendecompositions.
 pub fn frechet_distance(a: &Statistics, b: &Statistics) -> f64 {
-    let diff = &a.mean - &b.mean;
-    let root = symmetric_sqrt(&a.cov);
-    let middle = &root * &b.cov * &root;
-    let middle = (&middle + middle.transpose()) * 0.5;
-    let trace_root: f64 = clean_eigenvalues(&SymmetricEigen::new(middle))
-        .iter()
-        .map(|l| l.sqrt())
-        .sum();
-    diff.dot(&diff) + a.cov.trace() + b.cov.trace() - 2.0 * trace_root
+    Reference::new(a.clone()).distance(b)
+}
+
+/// Statistics compared with many others: the square root of their covariance (an
+/// eigendecomposition, about 20 s for Inception's 2048 features on a 2-core CPU) is taken once.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    /// The statistics.
+    pub stats: Statistics,
+    root: DMatrix<f64>,
+}
+
+impl Reference {
+    /// Takes the square root of `stats`' covariance.
+    pub fn new(stats: Statistics) -> Self {
+        let root = symmetric_sqrt(&stats.cov);
+        Self { stats, root }
+    }
+
+    /// The Frechet distance between these statistics and `b` (see [`frechet_distance`]).
+    pub fn distance(&self, b: &Statistics) -> f64 {
+        let a = &self.stats;
+        let diff = &a.mean - &b.mean;
+        let middle = &self.root * &b.cov * &self.root;
+        let middle = (&middle + middle.transpose()) * 0.5;
+        let trace_root: f64 = clean_eigenvalues(&SymmetricEigen::new(middle))
+            .iter()
+            .map(|l| l.sqrt())
+            .sum();
+        diff.dot(&diff) + a.cov.trace() + b.cov.trace() - 2.0 * trace_root
+    }
 }
 
 const STATS_MAGIC: &[u8; 8] = b"HAYATEFS";
@@ -206,14 +259,14 @@ impl Statistics {
     }
 }
 
-/// Inception features of `batches` of images (`[b, 3, h, w]` flattened, in [-1, 1]), summed
-/// into statistics. Prints progress every `report` images.
+/// Features of `batches` of images (`[b, 3, h, w]` flattened, in [-1, 1]), summed into
+/// statistics. Prints progress every `report` images.
 pub fn statistics_of(
-    net: &FidInception,
+    net: &dyn FeatureExtractor,
     batches: impl Iterator<Item = Result<(Vec<f32>, [usize; 4])>>,
     report: usize,
 ) -> Result<Statistics> {
-    let mut acc = Accumulator::new(FEATURES);
+    let mut acc = Accumulator::new(net.dims());
     let mut next_report = report;
     for batch in batches {
         let (values, shape) = batch?;
@@ -222,10 +275,10 @@ pub fn statistics_of(
             .features(images)
             .into_data()
             .try_to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading Inception features: {e:?}"))?;
+            .map_err(|e| anyhow::anyhow!("reading features: {e:?}"))?;
         acc.add(&features);
         if acc.len() >= next_report {
-            eprintln!("  FID features: {} images", acc.len());
+            eprintln!("  features: {} images", acc.len());
             next_report += report;
         }
     }
@@ -235,7 +288,7 @@ pub fn statistics_of(
 /// Statistics of the first `n` of `images`, cached in `cache` under their name, n and a hash of
 /// those images' bytes and of the weights file, so each reference set is computed once.
 pub fn dataset_statistics(
-    net: &FidInception,
+    net: &dyn FeatureExtractor,
     images: &dyn ImageSource,
     n: usize,
     batch: usize,
@@ -288,13 +341,12 @@ pub fn dataset_statistics(
     Ok(stats)
 }
 
-/// Statistics of `n` images drawn by `model` with `sampler`, `batch` at a time, each batch from
-/// its own seed derived from `seed` (so the batch size does not decide which noise is drawn
-/// first), rounded to 8-bit levels. A class-conditional model draws labels uniformly (from the
-/// same seeds) and is guided with `cfg_scale`.
+/// `n` images drawn by `model` with `sampler`, `batch` at a time, each batch from its own seed
+/// derived from `seed` (so the batch size does not decide which noise is drawn first), rounded
+/// to 8-bit levels: `[b, 3, size, size]` batches. A class-conditional model draws labels
+/// uniformly (from the same seeds) and is guided with `cfg_scale`.
 #[allow(clippy::too_many_arguments)] // each is a separate, necessary choice of the caller
-pub fn sample_statistics(
-    net: &FidInception,
+pub fn sample_batches(
     model: &hayate_model::UNet,
     device: &Device,
     schedule: &hayate_schedule::NoiseSchedule,
@@ -304,9 +356,9 @@ pub fn sample_statistics(
     batch: usize,
     seed: u64,
     cfg_scale: f64,
-) -> Result<Statistics> {
+) -> impl Iterator<Item = (Vec<f32>, [usize; 4])> {
     let size = model.resolution();
-    let batches = (0..n.div_ceil(batch)).map(|i| {
+    (0..n.div_ceil(batch)).map(move |i| {
         let count = batch.min(n - i * batch);
         let batch_seed = seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
         let guidance = (model.num_classes() > 0).then(|| {
@@ -323,15 +375,14 @@ pub fn sample_statistics(
             guidance.as_ref(),
         );
         quantize(&mut values);
-        Ok((values, [count, 3, size, size]))
-    });
-    statistics_of(net, batches, 1000)
+        (values, [count, 3, size, size])
+    })
 }
 
 /// FID during training: the network and the reference statistics, loaded once.
 pub struct FidEvaluator {
     net: FidInception,
-    reference: Statistics,
+    reference: Reference,
     config: crate::config::EvalConfig,
 }
 
@@ -346,7 +397,13 @@ impl FidEvaluator {
     ) -> Result<Self> {
         let weights = inception_weights(config.inception_weights.as_deref(), cache)?;
         let net = FidInception::load(&weights, device)?;
-        let reference = dataset_statistics(&net, images, config.fid_n, config.fid_batch, cache)?;
+        let reference = Reference::new(dataset_statistics(
+            &net,
+            images,
+            config.fid_n,
+            config.fid_batch,
+            cache,
+        )?);
         Ok(Self {
             net,
             reference,
@@ -367,8 +424,7 @@ impl FidEvaluator {
             eta: 0.0,
             clip_x0: true,
         };
-        let stats = sample_statistics(
-            &self.net,
+        let batches = sample_batches(
             model,
             self.net.device(),
             schedule,
@@ -378,8 +434,9 @@ impl FidEvaluator {
             self.config.fid_batch,
             0,
             cfg_scale,
-        )?;
-        Ok(frechet_distance(&stats, &self.reference))
+        );
+        let stats = statistics_of(&self.net, batches.map(Ok), 1000)?;
+        Ok(self.reference.distance(&stats))
     }
 }
 

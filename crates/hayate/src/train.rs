@@ -85,6 +85,12 @@ pub fn cache_dir() -> PathBuf {
 /// Builds the network with weights drawn from `seed` on the CPU backend when it is built in, so
 /// every backend starts from the same numbers, then places it on `device`.
 pub fn init_unet(config: &UNetConfig, seed: u64, device: &Device) -> UNet {
+    init_seeded(seed, device, |d| config.init(d))
+}
+
+/// A module built by `build` with its random draws seeded by `seed`: on the CPU backend when it
+/// is built in (then moved to `device`), so every backend starts from the same numbers.
+pub fn init_seeded<M: Module>(seed: u64, device: &Device, build: impl Fn(&Device) -> M) -> M {
     // Backends may keep one generator per process: hold it from seeding to the last draw, so two
     // runs in one process (tests, sweeps) cannot interleave their draws.
     static BACKEND_RNG: Mutex<()> = Mutex::new(());
@@ -93,25 +99,25 @@ pub fn init_unet(config: &UNetConfig, seed: u64, device: &Device) -> UNet {
     {
         let host = Device::flex();
         host.seed(seed);
-        let record = config.init(&host).into_record();
-        config.init(device).load_record(record)
+        let record = build(&host).into_record();
+        build(device).load_record(record)
     }
     #[cfg(not(feature = "cpu"))]
     {
         device.seed(seed);
-        config.init(device)
+        build(device)
     }
 }
 
 /// A record's bytes, as stored in hayate's checkpoint file.
-fn record_bytes<R: BurnCheckpoint>(record: R) -> Result<Vec<u8>> {
+pub(crate) fn record_bytes<R: BurnCheckpoint>(record: R) -> Result<Vec<u8>> {
     let bytes = record
         .checkpoint_into_bytes()
         .map_err(|e| anyhow::anyhow!("serialising a record: {e}"))?;
     Ok(bytes.to_vec())
 }
 
-fn record_from<R: BurnCheckpoint>(bytes: &[u8], what: &str) -> Result<R> {
+pub(crate) fn record_from<R: BurnCheckpoint>(bytes: &[u8], what: &str) -> Result<R> {
     R::checkpoint_from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
         .map_err(|e| anyhow::anyhow!("checkpoint's {what} record: {e}"))
 }

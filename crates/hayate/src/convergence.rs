@@ -1,0 +1,799 @@
+//! `hayate bench convergence`: does a method reach the baseline's sample quality in fewer steps?
+//! Each method of a benchmark config is the base run with some settings changed; each is trained
+//! over several seeds, its EMA scored at fixed steps by the Frechet distance in a small CIFAR-10
+//! classifier's features (the proxy), and compared with the baseline (the first method) of the
+//! same seed. Some checkpoints are also scored with Inception FID, and the two rankings compared.
+
+use crate::checkpoint::{Checkpoint, write_atomic};
+use crate::config::RunConfig;
+use crate::feature_net::FeatureNetFile;
+use crate::fid::{FeatureExtractor, Reference, dataset_statistics, sample_batches, statistics_of};
+use crate::plot::{Chart, Series};
+use crate::train::{TrainOptions, cache_dir, load_ema, train};
+use anyhow::{Context, Result, bail, ensure};
+use burn::prelude::*;
+use hayate_data::ImageSource;
+use hayate_schedule::ddim::Ddim;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A benchmark: the base run, the methods (changes to it), the seeds and the evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchConfig {
+    /// Every method is trained once per seed (`train.seed`).
+    pub seeds: Vec<u64>,
+    /// Score the EMA every this many steps (`train.steps` must be a multiple).
+    pub eval_every: u64,
+    /// Samples per score.
+    pub eval_n: usize,
+    /// DDIM steps (eta 0) of those samples.
+    pub eval_ddim_steps: usize,
+    /// Seed of the evaluation noise: the same for every checkpoint and method, so scores differ
+    /// by the models only.
+    #[serde(default)]
+    pub eval_seed: u64,
+    /// The feature network's weights (`hayate bench feature-net`); relative paths are from the
+    /// config file's folder.
+    pub feature_net: PathBuf,
+    /// Training images the samples are compared with (the first ones of the training set).
+    pub ref_n: usize,
+    /// Inception FID of some checkpoints, to check that the proxy ranks them alike.
+    pub inception: Option<InceptionCheck>,
+    /// The base run: a full run config (model, diffusion, train, data, sampling).
+    pub run: toml::Table,
+    /// The methods; the first is the baseline the others are measured against.
+    pub method: Vec<Method>,
+}
+
+/// Which checkpoints get Inception FID, and at what n: of the first seed, every evaluation of
+/// the baseline and the last of every other method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InceptionCheck {
+    /// Samples per checkpoint (the first of the proxy's samples).
+    pub n: usize,
+    /// Training images in the reference.
+    pub ref_n: usize,
+}
+
+/// One method: a name and the settings it changes in the base run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Method {
+    /// Shown in tables and plots.
+    pub name: String,
+    /// Tables merged into the base run (same layout as a run config).
+    #[serde(default)]
+    pub run: toml::Table,
+}
+
+/// `over` merged into `base`: tables recursively, anything else replaced.
+fn merge(base: &mut toml::Table, over: &toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+impl BenchConfig {
+    /// Reads and checks a benchmark file; relative paths in it become relative to its folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut config = Self::parse(&text).with_context(|| format!("{}", path.display()))?;
+        if config.feature_net.is_relative() {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            config.feature_net = dir.join(&config.feature_net);
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks a benchmark.
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: Self = toml::from_str(text)?;
+        ensure!(!config.seeds.is_empty(), "seeds: give at least one");
+        ensure!(
+            !config.method.is_empty(),
+            "method: give at least one (the baseline first)"
+        );
+        ensure!(
+            config.eval_every > 0 && config.eval_n >= 2 && config.eval_ddim_steps > 0,
+            "eval_every, eval_ddim_steps must be positive and eval_n at least 2"
+        );
+        ensure!(config.ref_n >= 2, "ref_n must be at least 2");
+        if let Some(check) = &config.inception {
+            ensure!(
+                check.n >= 2 && check.n <= config.eval_n && check.ref_n >= 2,
+                "inception.n must be in 2..=eval_n and inception.ref_n at least 2"
+            );
+        }
+        for (i, method) in config.method.iter().enumerate() {
+            ensure!(
+                !method.name.trim().is_empty()
+                    && config.method[..i].iter().all(|m| m.name != method.name),
+                "method {}: names must be non-empty and distinct",
+                i + 1
+            );
+            let run = config.run_config(i, config.seeds[0])?;
+            ensure!(
+                run.train.steps.is_multiple_of(config.eval_every),
+                "method {:?}: train.steps ({}) must be a multiple of eval_every ({})",
+                method.name,
+                run.train.steps,
+                config.eval_every
+            );
+        }
+        Ok(config)
+    }
+
+    /// Method `index`'s full run config for `seed`, checkpointing at every evaluation.
+    pub fn run_config(&self, index: usize, seed: u64) -> Result<RunConfig> {
+        let method = &self.method[index];
+        let mut table = self.run.clone();
+        merge(&mut table, &method.run);
+        let mut config: RunConfig = toml::Value::Table(table)
+            .try_into()
+            .with_context(|| format!("method {:?}", method.name))?;
+        config.train.seed = seed;
+        config.train.checkpoint_every = self.eval_every;
+        config.train.keep_checkpoints = (config.train.steps / self.eval_every).max(1) as usize;
+        config.eval.fid_every = 0;
+        config
+            .validate()
+            .with_context(|| format!("method {:?}", method.name))?;
+        Ok(config)
+    }
+
+    /// What a stored result must match to be reused: the run and the evaluation.
+    fn digest(&self, run: &RunConfig, features: &[u8; 32], inception: bool) -> String {
+        let mut h = Sha256::new();
+        h.update(run.to_toml());
+        h.update(format!(
+            "{} {} {} {} {:?}",
+            self.eval_n,
+            self.eval_ddim_steps,
+            self.eval_seed,
+            self.ref_n,
+            self.inception.as_ref().filter(|_| inception)
+        ));
+        h.update(features);
+        h.finalize()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// Where the data, results and Inception weights come from.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The training images' folder (else the run config's, or the default).
+    pub data_dir: Option<PathBuf>,
+    /// Results folder.
+    pub out: PathBuf,
+    /// Run the Inception check (when the config has one).
+    pub inception: bool,
+    /// Inception weights (else the default lookup).
+    pub inception_weights: Option<PathBuf>,
+}
+
+/// One scored checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// Training step.
+    pub step: u64,
+    /// Frechet distance in the feature network's features.
+    pub proxy: f64,
+    /// Inception FID, where checked.
+    pub inception: Option<f64>,
+}
+
+/// One method trained with one seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The method's name.
+    pub method: String,
+    /// Its seed.
+    pub seed: u64,
+    /// Scores in step order.
+    pub scores: Vec<Score>,
+    /// Seconds spent training (checkpoints and grids included).
+    pub train_seconds: f64,
+    /// Seconds spent scoring.
+    pub eval_seconds: f64,
+    /// Matches the config and evaluation it came from.
+    pub digest: String,
+}
+
+/// A method's figures over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodSummary {
+    /// The method.
+    pub method: String,
+    /// Final proxy score of each seed.
+    pub finals: Vec<f64>,
+    /// Speed-up over the baseline for each seed (`None`: the baseline's final score not
+    /// reached).
+    pub speedups: Vec<Option<f64>>,
+}
+
+/// Everything the benchmark measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConvergenceReport {
+    /// Every run.
+    pub runs: Vec<RunResult>,
+    /// Per method, in config order (the baseline first).
+    pub methods: Vec<MethodSummary>,
+    /// Spearman rank correlation of proxy and Inception FID over the checked checkpoints.
+    pub spearman: Option<f64>,
+    /// The same over the checked final checkpoints alone (the methods' ranking).
+    pub spearman_finals: Option<f64>,
+    /// Wall time of this invocation in seconds (runs reused from an earlier one excluded).
+    pub wall_seconds: f64,
+}
+
+/// Steps a curve needs to reach `target` or lower: the first evaluation at or below it, with
+/// linear interpolation from the evaluation before; `None` if it never does.
+pub fn steps_to_reach(curve: &[(u64, f64)], target: f64) -> Option<f64> {
+    let i = curve.iter().position(|&(_, v)| v <= target)?;
+    if i == 0 {
+        return Some(curve[0].0 as f64);
+    }
+    let ((s0, v0), (s1, v1)) = (curve[i - 1], curve[i]);
+    let fraction = (v0 - target) / (v0 - v1);
+    Some(s0 as f64 + fraction * (s1 - s0) as f64)
+}
+
+/// The steps the baseline needs to reach its final score, over the steps `method` needs to
+/// reach it.
+pub fn speedup(baseline: &[(u64, f64)], method: &[(u64, f64)]) -> Option<f64> {
+    let &(last, target) = baseline.last()?;
+    Some(last as f64 / steps_to_reach(method, target)?)
+}
+
+/// Spearman's rank correlation (average ranks for ties); `None` under 3 points.
+pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
+    if x.len() != y.len() || x.len() < 3 {
+        return None;
+    }
+    let ranks = |v: &[f64]| {
+        let mut order: Vec<usize> = (0..v.len()).collect();
+        order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+        let mut r = vec![0f64; v.len()];
+        let mut i = 0;
+        while i < order.len() {
+            let mut j = i;
+            while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
+                j += 1;
+            }
+            for &k in &order[i..=j] {
+                r[k] = (i + j) as f64 / 2.0;
+            }
+            i = j + 1;
+        }
+        r
+    };
+    let (rx, ry) = (ranks(x), ranks(y));
+    let mean = (x.len() - 1) as f64 / 2.0;
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in rx.iter().zip(&ry) {
+        sxy += (a - mean) * (b - mean);
+        sxx += (a - mean) * (a - mean);
+        syy += (b - mean) * (b - mean);
+    }
+    (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+impl ConvergenceReport {
+    /// The results as a Markdown table.
+    pub fn table(&self) -> String {
+        let mut out = String::from(
+            "| method | final proxy FD (mean ± sd) | speed-up (mean, min-max) | seeds reaching the baseline |\n|---|---|---|---|\n",
+        );
+        for m in &self.methods {
+            let (fm, fs) = mean_sd(&m.finals);
+            let reached: Vec<f64> = m.speedups.iter().flatten().copied().collect();
+            let speed = if reached.is_empty() {
+                "not reached".to_string()
+            } else {
+                let (sm, _) = mean_sd(&reached);
+                let lo = reached.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = reached.iter().copied().fold(0f64, f64::max);
+                format!("{sm:.2}x ({lo:.2}-{hi:.2})")
+            };
+            out += &format!(
+                "| {} | {fm:.3} ± {fs:.3} | {speed} | {}/{} |\n",
+                m.method,
+                reached.len(),
+                m.speedups.len()
+            );
+        }
+        if let Some(r) = self.spearman {
+            out += &format!(
+                "\nProxy vs Inception FID over {} checkpoints: Spearman {r:.3}",
+                self.runs
+                    .iter()
+                    .flat_map(|r| &r.scores)
+                    .filter(|s| s.inception.is_some())
+                    .count()
+            );
+            if let Some(f) = self.spearman_finals {
+                out += &format!("; over the methods' final checkpoints alone: {f:.3}");
+            }
+            out += "\n";
+        }
+        out
+    }
+
+    /// Proxy score against step, the mean over seeds of each method.
+    pub fn chart(&self) -> Chart {
+        let series = self
+            .methods
+            .iter()
+            .map(|m| {
+                let runs: Vec<&RunResult> =
+                    self.runs.iter().filter(|r| r.method == m.method).collect();
+                let points = runs[0]
+                    .scores
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        let values: Vec<f64> = runs.iter().map(|r| r.scores[i].proxy).collect();
+                        (s.step as f64, mean_sd(&values).0)
+                    })
+                    .collect();
+                Series {
+                    name: m.method.clone(),
+                    points,
+                }
+            })
+            .collect();
+        Chart {
+            title: "Convergence: proxy FD of EMA samples (mean over seeds)".into(),
+            x_label: "step".into(),
+            y_label: "Frechet distance, feature network".into(),
+            series,
+            log_y: true,
+        }
+    }
+}
+
+/// Scores one checkpoint's EMA: the proxy on `eval_n` samples, Inception on the first of them.
+#[allow(clippy::too_many_arguments)] // each is a separate, necessary input
+fn score(
+    bench: &BenchConfig,
+    config: &RunConfig,
+    path: &Path,
+    features: &FeatureNetFile,
+    reference: &Reference,
+    inception: Option<&(crate::inception::FidInception, Reference, usize)>,
+    device: &Device,
+) -> Result<Score> {
+    let checkpoint = Checkpoint::load(path)?;
+    let model = load_ema(&checkpoint, device)?;
+    let schedule = config.diffusion.schedule()?;
+    let sampler = Ddim {
+        steps: bench.eval_ddim_steps,
+        eta: 0.0,
+        clip_x0: true,
+    };
+    let batches: Vec<_> = sample_batches(
+        &model,
+        device,
+        &schedule,
+        config.diffusion.prediction,
+        &sampler,
+        bench.eval_n,
+        64,
+        bench.eval_seed,
+        config.sampling.cfg_scale,
+    )
+    .collect();
+    let stats = statistics_of(features, batches.iter().cloned().map(Ok), usize::MAX)?;
+    let inception = match inception {
+        Some((net, reference, n)) => {
+            let size = model.resolution();
+            let per = 3 * size * size;
+            let mut left = *n;
+            let firsts = batches.iter().filter_map(|(values, shape)| {
+                let take = left.min(shape[0]);
+                left -= take;
+                (take > 0).then(|| Ok((values[..take * per].to_vec(), [take, 3, size, size])))
+            });
+            let firsts: Vec<_> = firsts.collect();
+            let stats = statistics_of(net, firsts.into_iter(), usize::MAX)?;
+            Some(reference.distance(&stats))
+        }
+        None => None,
+    };
+    Ok(Score {
+        step: checkpoint.step(),
+        proxy: reference.distance(&stats),
+        inception,
+    })
+}
+
+fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect()
+}
+
+/// Runs (or continues) the benchmark and writes `results.json`, `table.md` and
+/// `convergence.png` into `options.out`.
+pub fn run(
+    bench: &BenchConfig,
+    options: &BenchOptions,
+    device: &Device,
+) -> Result<ConvergenceReport> {
+    let start = Instant::now();
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("cannot create {}", options.out.display()))?;
+    write_atomic(
+        &options.out.join("bench.toml"),
+        toml::to_string(bench)?.as_bytes(),
+    )?;
+    let cache = cache_dir();
+    let first = bench.run_config(0, bench.seeds[0])?;
+    let resolution = first.model.resolve()?.resolution;
+    let images: Arc<dyn ImageSource> = crate::dataset::open_training_images(
+        &first.data,
+        options.data_dir.as_deref(),
+        resolution,
+        &cache,
+    )?;
+    eprintln!("training images: {}", images.describe());
+    let features = FeatureNetFile::load(&bench.feature_net, device)?;
+    if features.info.resolution != resolution {
+        bail!(
+            "{} was trained on {r}x{r} images but the benchmark's model makes {resolution}x{resolution}",
+            bench.feature_net.display(),
+            r = features.info.resolution
+        );
+    }
+    let reference = Reference::new(dataset_statistics(
+        &features,
+        images.as_ref(),
+        bench.ref_n,
+        256,
+        &cache,
+    )?);
+    let check = match (&bench.inception, options.inception) {
+        (Some(check), true) => {
+            let weights =
+                crate::fid::inception_weights(options.inception_weights.as_deref(), &cache)?;
+            let net = crate::inception::FidInception::load(&weights, device)?;
+            let reference = Reference::new(dataset_statistics(
+                &net,
+                images.as_ref(),
+                check.ref_n,
+                50,
+                &cache,
+            )?);
+            Some((net, reference, check.n))
+        }
+        _ => None,
+    };
+
+    let mut runs = Vec::new();
+    for (index, method) in bench.method.iter().enumerate() {
+        for (seed_index, &seed) in bench.seeds.iter().enumerate() {
+            let config = bench.run_config(index, seed)?;
+            let dir = options
+                .out
+                .join("runs")
+                .join(format!("{}-seed{seed}", slug(&method.name)));
+            let digest = bench.digest(&config, features.weights_sha256(), check.is_some());
+            let result_path = dir.join("result.json");
+            if let Ok(text) = std::fs::read_to_string(&result_path)
+                && let Ok(done) = serde_json::from_str::<RunResult>(&text)
+                && done.digest == digest
+            {
+                eprintln!("{} seed {seed}: done earlier", method.name);
+                runs.push(done);
+                continue;
+            }
+            let trained = crate::checkpoint::list(&dir).unwrap_or_default();
+            let done_steps = match trained.last() {
+                Some(_) => {
+                    let (_, newest) = Checkpoint::load_newest_valid(&dir)?;
+                    let changes = newest.meta.config.differences(&config);
+                    if !changes.is_empty() {
+                        bail!(
+                            "{} was trained with other settings ({}); delete it or choose \
+                             another --out",
+                            dir.display(),
+                            changes.join("; ")
+                        );
+                    }
+                    newest.step()
+                }
+                None => 0,
+            };
+            let clock = Instant::now();
+            if done_steps < config.train.steps {
+                eprintln!(
+                    "{} seed {seed}: training {} steps{}",
+                    method.name,
+                    config.train.steps,
+                    if done_steps > 0 {
+                        format!(" (resuming at {done_steps})")
+                    } else {
+                        String::new()
+                    }
+                );
+                train(
+                    &TrainOptions {
+                        config: config.clone(),
+                        data_dir: None,
+                        out: dir.clone(),
+                        resume: done_steps > 0,
+                        allow_config_change: false,
+                        devices: Vec::new(),
+                        images: Some(images.clone()),
+                    },
+                    device,
+                )
+                .with_context(|| format!("{} seed {seed}", method.name))?;
+            }
+            let train_seconds = clock.elapsed().as_secs_f64();
+            let clock = Instant::now();
+            let paths = crate::checkpoint::list(&dir)?;
+            let last = paths.len().saturating_sub(1);
+            let mut scores = Vec::new();
+            for (i, path) in paths.iter().enumerate() {
+                let checked = seed_index == 0 && (index == 0 || i == last);
+                let score = score(
+                    bench,
+                    &config,
+                    path,
+                    &features,
+                    &reference,
+                    check.as_ref().filter(|_| checked),
+                    device,
+                )?;
+                eprintln!(
+                    "{} seed {seed} step {}: proxy FD {:.4}{}",
+                    method.name,
+                    score.step,
+                    score.proxy,
+                    score
+                        .inception
+                        .map_or(String::new(), |f| format!(", Inception FID {f:.2}"))
+                );
+                scores.push(score);
+            }
+            let result = RunResult {
+                method: method.name.clone(),
+                seed,
+                scores,
+                train_seconds,
+                eval_seconds: clock.elapsed().as_secs_f64(),
+                digest,
+            };
+            write_atomic(
+                &result_path,
+                serde_json::to_string_pretty(&result)?.as_bytes(),
+            )?;
+            runs.push(result);
+        }
+    }
+
+    let report = summarize(runs, start.elapsed().as_secs_f64());
+    write_atomic(
+        &options.out.join("results.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    write_atomic(&options.out.join("table.md"), report.table().as_bytes())?;
+    report.chart().save(&options.out.join("convergence.png"))?;
+    Ok(report)
+}
+
+/// Speed-ups per method and seed (against the first method's run of the same seed) and the
+/// proxy's agreement with Inception FID.
+pub fn summarize(runs: Vec<RunResult>, wall_seconds: f64) -> ConvergenceReport {
+    let curve =
+        |r: &RunResult| -> Vec<(u64, f64)> { r.scores.iter().map(|s| (s.step, s.proxy)).collect() };
+    let mut methods: Vec<MethodSummary> = Vec::new();
+    for run in &runs {
+        let baseline = runs
+            .iter()
+            .find(|b| b.method == runs[0].method && b.seed == run.seed)
+            .map(curve)
+            .unwrap_or_default();
+        let speed = speedup(&baseline, &curve(run));
+        let last = run.scores.last().map_or(f64::NAN, |s| s.proxy);
+        match methods.iter_mut().find(|m| m.method == run.method) {
+            Some(m) => {
+                m.finals.push(last);
+                m.speedups.push(speed);
+            }
+            None => methods.push(MethodSummary {
+                method: run.method.clone(),
+                finals: vec![last],
+                speedups: vec![speed],
+            }),
+        }
+    }
+    let checked: Vec<&Score> = runs
+        .iter()
+        .flat_map(|r| &r.scores)
+        .filter(|s| s.inception.is_some())
+        .collect();
+    let pairs = |scores: &[&Score]| -> (Vec<f64>, Vec<f64>) {
+        scores
+            .iter()
+            .map(|s| (s.proxy, s.inception.unwrap_or(f64::NAN)))
+            .unzip()
+    };
+    let (p, i) = pairs(&checked);
+    let finals: Vec<&Score> = runs
+        .iter()
+        .filter_map(|r| r.scores.last())
+        .filter(|s| s.inception.is_some())
+        .collect();
+    let (pf, fi) = pairs(&finals);
+    ConvergenceReport {
+        spearman: spearman(&p, &i),
+        spearman_finals: spearman(&pf, &fi),
+        runs,
+        methods,
+        wall_seconds,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_to_reach_interpolates_between_evaluations() {
+        let curve = [(100, 5.0), (200, 3.0), (300, 2.0), (400, 1.0)];
+        assert_eq!(steps_to_reach(&curve, 6.0), Some(100.0));
+        assert_eq!(steps_to_reach(&curve, 4.0), Some(150.0));
+        assert_eq!(steps_to_reach(&curve, 1.0), Some(400.0));
+        assert_eq!(steps_to_reach(&curve, 0.5), None);
+        // Reaching the baseline's final value at half its steps is a 2x speed-up.
+        let baseline = [(100, 5.0), (200, 4.0), (300, 3.5), (400, 3.0)];
+        assert_eq!(speedup(&baseline, &curve), Some(2.0));
+        assert_eq!(speedup(&baseline, &baseline), Some(1.0));
+        assert_eq!(speedup(&curve, &baseline), None);
+    }
+
+    #[test]
+    fn spearman_ranks_with_ties() {
+        let x = [1.0, 2.0, 3.0, 4.0];
+        assert!((spearman(&x, &[10.0, 20.0, 30.0, 40.0]).unwrap() - 1.0).abs() < 1e-12);
+        assert!((spearman(&x, &[4.0, 3.0, 2.0, 1.0]).unwrap() + 1.0).abs() < 1e-12);
+        // One swap of neighbours among four: 1 - 6 * 2 / (4 * 15) = 0.8.
+        assert!((spearman(&x, &[1.0, 3.0, 2.0, 4.0]).unwrap() - 0.8).abs() < 1e-12);
+        let tied = spearman(&x, &[1.0, 1.0, 2.0, 3.0]).unwrap();
+        assert!(tied > 0.9 && tied < 1.0, "{tied}");
+        assert_eq!(spearman(&x[..2], &x[..2]), None);
+        assert_eq!(spearman(&x, &[1.0; 4]), None);
+    }
+
+    const BENCH: &str = r#"
+seeds = [0, 1]
+eval_every = 2
+eval_n = 8
+eval_ddim_steps = 2
+feature_net = "features.hfn"
+ref_n = 16
+
+[run.model]
+preset = "tiny"
+resolution = 16
+
+[run.train]
+steps = 4
+batch_size = 4
+
+[[method]]
+name = "baseline"
+
+[[method]]
+name = "CLTS"
+[method.run.diffusion]
+timestep_sampler = { kind = "clts", mu = 0.3, sigma = 0.2, lambda_max = 0.5, ramp_steps = 2, axis = "t_over_T" }
+"#;
+
+    #[test]
+    fn methods_are_the_base_run_with_their_changes() {
+        let bench = BenchConfig::parse(BENCH).unwrap();
+        let base = bench.run_config(0, 1).unwrap();
+        let clts = bench.run_config(1, 1).unwrap();
+        assert_eq!(base.train.seed, 1);
+        assert_eq!(base.train.checkpoint_every, 2);
+        assert_eq!(base.train.keep_checkpoints, 2);
+        assert_eq!(base.model, clts.model);
+        assert_eq!(base.train, clts.train);
+        assert_ne!(
+            base.diffusion.timestep_sampler,
+            clts.diffusion.timestep_sampler
+        );
+        assert_eq!(
+            base.diffusion.timestep_sampler,
+            hayate_schedule::TimestepSamplerConfig::Uniform
+        );
+    }
+
+    #[test]
+    fn bad_benchmarks_are_refused_with_the_reason() {
+        let err = |text: &str| format!("{:#}", BenchConfig::parse(text).unwrap_err());
+        let e = err(&BENCH.replace("steps = 4", "steps = 5"));
+        assert!(e.contains("multiple of eval_every"), "{e}");
+        let e = err(&BENCH.replace("name = \"CLTS\"", "name = \"baseline\""));
+        assert!(e.contains("distinct"), "{e}");
+        let e = err(&BENCH.replace("ramp_steps = 2", "ramp_steps = 2, bogus = 1"));
+        assert!(e.contains("CLTS") && e.contains("bogus"), "{e}");
+        let e = err(&BENCH.replace("seeds = [0, 1]", "seeds = []"));
+        assert!(e.contains("seeds"), "{e}");
+        let e = err(&BENCH.replace("ref_n = 16", "ref_n = 16\ncolour = 1"));
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn summaries_pair_each_seed_with_the_baseline_of_that_seed() {
+        let run = |method: &str, seed, proxies: [f64; 3]| RunResult {
+            method: method.into(),
+            seed,
+            scores: proxies
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| Score {
+                    step: 100 * (i as u64 + 1),
+                    proxy: p,
+                    inception: (seed == 0).then_some(10.0 * p),
+                })
+                .collect(),
+            train_seconds: 0.0,
+            eval_seconds: 0.0,
+            digest: String::new(),
+        };
+        let report = summarize(
+            vec![
+                run("base", 0, [5.0, 4.0, 3.0]),
+                run("base", 1, [6.0, 5.0, 4.0]),
+                run("fast", 0, [4.0, 3.0, 2.0]),
+                run("fast", 1, [7.0, 6.5, 6.0]),
+            ],
+            1.0,
+        );
+        assert_eq!(report.methods.len(), 2);
+        assert_eq!(report.methods[0].speedups, vec![Some(1.0), Some(1.0)]);
+        // Seed 0 reaches 3.0 at step 200 (1.5x); seed 1 never reaches 4.0.
+        assert_eq!(report.methods[1].speedups, vec![Some(1.5), None]);
+        assert_eq!(report.methods[1].finals, vec![2.0, 6.0]);
+        assert_eq!(report.spearman, Some(1.0));
+        assert_eq!(report.spearman_finals, None); // two checked finals only
+        let table = report.table();
+        assert!(
+            table.contains("| fast | 4.000 ± 2.828 | 1.50x (1.50-1.50) | 1/2 |"),
+            "{table}"
+        );
+        assert_eq!(
+            report.chart().series[1].points,
+            vec![(100.0, 5.5), (200.0, 4.75), (300.0, 4.0)]
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! The convergence benchmark end to end: the shipped feature network tells CIFAR-10 classes
+//! apart, and `hayate bench convergence` trains, scores, summarises and continues where it
+//! stopped. Needs the CIFAR-10 subset; skipped with a reason without it.
+
+mod common;
+
+use burn::prelude::*;
+use hayate::convergence::ConvergenceReport;
+use hayate::feature_net::FeatureNetFile;
+use hayate_data::Split;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/cifar10-16-features.hfn")
+}
+
+#[test]
+fn the_shipped_feature_network_classifies_cifar10() {
+    let Some(data) = common::shared_cifar10() else {
+        return;
+    };
+    let device = Device::flex();
+    let net = FeatureNetFile::load(&fixture(), &device).unwrap();
+    assert_eq!(net.info.resolution, 16);
+    assert_eq!(net.info.classes, 10);
+    let test =
+        hayate::dataset::cifar10_images(Some(&data), Split::Test, 16, Path::new("/none")).unwrap();
+    // Chance is 10%; the file records its accuracy on all 10,000 test images.
+    let accuracy = net.accuracy(test.as_ref(), 1000).unwrap();
+    assert!(accuracy > 0.5, "accuracy {accuracy}");
+    assert!(
+        (accuracy - net.info.test_accuracy).abs() < 0.05,
+        "{accuracy} vs recorded {}",
+        net.info.test_accuracy
+    );
+}
+
+#[test]
+fn the_benchmark_trains_scores_and_resumes() {
+    let Some(data) = common::shared_cifar10() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let inception =
+        std::env::var_os("HAYATE_INCEPTION_WEIGHTS").is_some_and(|p| Path::new(&p).is_file());
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+seeds = [3]
+eval_every = 2
+eval_n = 12
+eval_ddim_steps = 2
+feature_net = {:?}
+ref_n = 64
+{}
+[run.model]
+preset = "tiny"
+resolution = 16
+base_channels = 16
+attention_resolutions = []
+
+[run.train]
+steps = 4
+batch_size = 4
+lr = 0.001
+warmup_steps = 1
+
+[run.sampling]
+grid_images = 2
+ddim_steps = 2
+
+[[method]]
+name = "baseline"
+
+[[method]]
+name = "CLTS+MDLRC"
+[method.run.diffusion]
+timestep_sampler = {{ kind = "clts", mu = 0.3, sigma = 0.2, lambda_max = 0.5, ramp_steps = 2, axis = "t_over_T" }}
+[method.run.train]
+momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensation = "noise" }}
+"#,
+            fixture(),
+            if inception {
+                "[inception]\nn = 4\nref_n = 8\n"
+            } else {
+                ""
+            }
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let run = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_hayate"))
+            .args(["bench", "convergence", "--backend", "cpu", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .env("HAYATE_CACHE", dir.path().join("cache"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{text}");
+        text
+    };
+    let first = run();
+    let report: ConvergenceReport =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(report.runs.len(), 2);
+    for r in &report.runs {
+        let steps: Vec<u64> = r.scores.iter().map(|s| s.step).collect();
+        assert_eq!(steps, [2, 4], "{r:?}");
+        assert!(
+            r.scores
+                .iter()
+                .all(|s| s.proxy.is_finite() && s.proxy > 0.0)
+        );
+    }
+    // Against itself the baseline reaches its final score at its last step or earlier.
+    assert!(report.methods[0].speedups[0].unwrap() >= 1.0);
+    // Two samplings of different models give different scores.
+    assert_ne!(
+        report.runs[0].scores[1].proxy,
+        report.runs[1].scores[1].proxy
+    );
+    if inception {
+        // Seed 3 is the first seed: both baseline checkpoints and the other's last are checked.
+        let checked: Vec<bool> = report
+            .runs
+            .iter()
+            .flat_map(|r| r.scores.iter().map(|s| s.inception.is_some()))
+            .collect();
+        assert_eq!(checked, [true, true, false, true]);
+        assert!(report.spearman.is_some());
+    }
+    assert!(first.contains("| CLTS+MDLRC |"), "{first}");
+    assert!(out.join("convergence.png").is_file() && out.join("table.md").is_file());
+
+    // A second invocation reuses every finished run and gives the same figures.
+    let second = run();
+    assert_eq!(second.matches("done earlier").count(), 2, "{second}");
+    let again: ConvergenceReport =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(again.runs, report.runs);
+
+    // An interrupted run (its result missing, a checkpoint left) is continued, not restarted,
+    // and scores the same.
+    let run_dir = out.join("runs/clts-mdlrc-seed3");
+    std::fs::remove_file(run_dir.join("result.json")).unwrap();
+    std::fs::remove_file(run_dir.join("ckpt-000000004.hayate")).unwrap();
+    let third = run();
+    assert!(third.contains("resuming at 2"), "{third}");
+    let resumed: ConvergenceReport =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let proxies = |r: &ConvergenceReport| -> Vec<f64> {
+        r.runs
+            .iter()
+            .flat_map(|r| r.scores.iter().map(|s| s.proxy))
+            .collect()
+    };
+    assert_eq!(proxies(&resumed), proxies(&report));
+}
