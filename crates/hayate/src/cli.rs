@@ -214,9 +214,13 @@ pub enum BenchCommand {
         /// CIFAR-10's folder (else $HAYATE_CIFAR10_DIR or the cache).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Where runs, results, the table and the plot go (default runs/<config name>).
+        /// Where results, the table and the plot go (default runs/<config name>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Where the trained runs are kept (default OUT/runs); give two benchmarks the same
+        /// folder to share the runs they have in common (same method name, seed and settings).
+        #[arg(long)]
+        runs: Option<PathBuf>,
         /// Skip the Inception FID check of the proxy metric.
         #[arg(long)]
         no_inception: bool,
@@ -597,6 +601,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     config,
                     data_dir,
                     out,
+                    runs,
                     no_inception,
                     inception_weights,
                     backend,
@@ -617,6 +622,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 &crate::convergence::BenchOptions {
                     data_dir,
                     out: out.clone(),
+                    runs,
                     inception: !no_inception,
                     inception_weights,
                 },

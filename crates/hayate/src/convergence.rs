@@ -179,6 +179,9 @@ pub struct BenchOptions {
     pub data_dir: Option<PathBuf>,
     /// Results folder.
     pub out: PathBuf,
+    /// Where the trained runs are kept (default `out/runs`). Benchmarks given the same folder
+    /// share the runs they have in common (same method name, seed and settings).
+    pub runs: Option<PathBuf>,
     /// Run the Inception check (when the config has one).
     pub inception: bool,
     /// Inception weights (else the default lookup).
@@ -494,16 +497,18 @@ pub fn run(
         _ => None,
     };
 
+    let runs_dir = options
+        .runs
+        .clone()
+        .unwrap_or_else(|| options.out.join("runs"));
     let mut runs = Vec::new();
     for (index, method) in bench.method.iter().enumerate() {
         for (seed_index, &seed) in bench.seeds.iter().enumerate() {
             let config = bench.run_config(index, seed)?;
-            let dir = options
-                .out
-                .join("runs")
-                .join(format!("{}-seed{seed}", slug(&method.name)));
+            let dir = runs_dir.join(format!("{}-seed{seed}", slug(&method.name)));
             let digest = bench.digest(&config, features.weights_sha256(), check.is_some());
-            let result_path = dir.join("result.json");
+            // Named by the evaluation, so benchmarks sharing a run keep their own scores.
+            let result_path = dir.join(format!("scores-{digest}.json"));
             if let Ok(text) = std::fs::read_to_string(&result_path)
                 && let Ok(done) = serde_json::from_str::<RunResult>(&text)
                 && done.digest == digest

@@ -92,14 +92,13 @@ momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensa
     )
     .unwrap();
     let out = dir.path().join("out");
-    let run = || {
+    let run_with = |config: &Path, extra: &[&Path]| {
         let output = Command::new(env!("CARGO_BIN_EXE_hayate"))
             .args(["bench", "convergence", "--backend", "cpu", "--config"])
-            .arg(&config)
+            .arg(config)
             .arg("--data-dir")
             .arg(&data)
-            .arg("--out")
-            .arg(&out)
+            .args(extra)
             .env("HAYATE_CACHE", dir.path().join("cache"))
             .output()
             .unwrap();
@@ -108,6 +107,7 @@ momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensa
         assert!(output.status.success(), "{text}");
         text
     };
+    let run = || run_with(&config, &[Path::new("--out"), &out]);
     let first = run();
     let report: ConvergenceReport =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
@@ -151,7 +151,12 @@ momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensa
     // An interrupted run (its result missing, a checkpoint left) is continued, not restarted,
     // and scores the same.
     let run_dir = out.join("runs/clts-mdlrc-seed3");
-    std::fs::remove_file(run_dir.join("result.json")).unwrap();
+    for entry in std::fs::read_dir(&run_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().contains("scores-") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
     std::fs::remove_file(run_dir.join("ckpt-000000004.hayate")).unwrap();
     let third = run();
     assert!(third.contains("resuming at 2"), "{third}");
@@ -164,4 +169,31 @@ momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensa
             .collect()
     };
     assert_eq!(proxies(&resumed), proxies(&report));
+
+    // Another benchmark with other scoring, given the same runs folder, trains nothing and keeps
+    // its scores beside the first one's.
+    let other = dir.path().join("other.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&other, text.replace("eval_n = 12", "eval_n = 10")).unwrap();
+    let shared = run_with(
+        &other,
+        &[
+            Path::new("--out"),
+            &dir.path().join("out2"),
+            Path::new("--runs"),
+            &out.join("runs"),
+        ],
+    );
+    assert!(!shared.contains("training 4 steps"), "{shared}");
+    let scores = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("scores-")
+        })
+        .count();
+    assert_eq!(scores, 2);
 }
