@@ -955,7 +955,9 @@ mod tests {
         let mut count = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let config = entry.unwrap().path();
-            if config.extension().is_some_and(|e| e == "toml") {
+            if config.extension().is_some_and(|e| e == "toml")
+                && !crate::convergence::is_benchmark_file(&config)
+            {
                 run(Cli {
                     command: Command::Info {
                         config: config.clone(),

@@ -585,12 +585,6 @@ fn flatten(config: &RunConfig) -> std::collections::BTreeMap<String, serde_json:
 mod tests {
     use super::*;
 
-    /// `experiments/bench-*.toml` are benchmarks (`hayate bench convergence`), not runs.
-    fn is_benchmark(path: &Path) -> bool {
-        path.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("bench-"))
-    }
-
     #[test]
     fn every_experiment_file_loads() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
@@ -598,7 +592,7 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
-                let configs = match is_benchmark(&path) {
+                let configs = match crate::convergence::is_benchmark_file(&path) {
                     // A benchmark's methods are each a run config.
                     true => {
                         let bench = crate::convergence::BenchConfig::load(&path).unwrap();
@@ -743,7 +737,10 @@ mod tests {
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "toml") && !is_benchmark(p))
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "toml")
+                    && !crate::convergence::is_benchmark_file(p)
+            })
             .collect();
         files.sort();
         std::fs::read_to_string(&files[index % files.len()]).unwrap()

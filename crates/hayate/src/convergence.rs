@@ -71,6 +71,12 @@ pub struct Method {
     pub run: toml::Table,
 }
 
+/// Whether an experiment file is a benchmark (`experiments/bench-*.toml`) rather than a run.
+pub fn is_benchmark_file(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("bench-"))
+}
+
 /// `over` merged into `base`: tables recursively, anything else replaced.
 fn merge(base: &mut toml::Table, over: &toml::Table) {
     for (key, value) in over {
