@@ -124,9 +124,12 @@ impl BenchConfig {
         for (i, method) in config.method.iter().enumerate() {
             ensure!(
                 !method.name.trim().is_empty()
-                    && config.method[..i].iter().all(|m| m.name != method.name),
-                "method {}: names must be non-empty and distinct",
-                i + 1
+                    && config.method[..i]
+                        .iter()
+                        .all(|m| slug(&m.name) != slug(&method.name)),
+                "method {}: names must be non-empty and distinct as run folder names ({:?})",
+                i + 1,
+                slug(&method.name)
             );
             let run = config.run_config(i, config.seeds[0])?;
             ensure!(
@@ -516,10 +519,12 @@ pub fn run(
             // Named by the evaluation, so benchmarks sharing a run keep their own scores.
             let result_path = dir.join(format!("scores-{digest}.json"));
             if let Ok(text) = std::fs::read_to_string(&result_path)
-                && let Ok(done) = serde_json::from_str::<RunResult>(&text)
+                && let Ok(mut done) = serde_json::from_str::<RunResult>(&text)
                 && done.digest == digest
             {
                 eprintln!("{} seed {seed}: done earlier", method.name);
+                // A run shared through --runs may have been stored under another benchmark's name.
+                done.method = method.name.clone();
                 runs.push(done);
                 continue;
             }
@@ -755,6 +760,9 @@ timestep_sampler = { kind = "clts", mu = 0.3, sigma = 0.2, lambda_max = 0.5, ram
         assert!(e.contains("multiple of eval_every"), "{e}");
         let e = err(&BENCH.replace("name = \"CLTS\"", "name = \"baseline\""));
         assert!(e.contains("distinct"), "{e}");
+        // Names that differ only in case or punctuation would share a run folder.
+        let e = err(&BENCH.replace("name = \"CLTS\"", "name = \"Baseline\""));
+        assert!(e.contains("distinct") && e.contains("\"baseline\""), "{e}");
         let e = err(&BENCH.replace("ramp_steps = 2", "ramp_steps = 2, bogus = 1"));
         assert!(e.contains("CLTS") && e.contains("bogus"), "{e}");
         let e = err(&BENCH.replace("seeds = [0, 1]", "seeds = []"));

@@ -17,7 +17,7 @@ const HEIGHT: u32 = 540;
 /// The font family name charts ask for; registered once from a bundled font.
 const FONT: &str = "sans-serif";
 /// Series colours, in order.
-const PALETTE: [RGBColor; 10] = [
+const PALETTE: [RGBColor; 12] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -28,6 +28,8 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
+    RGBColor(0, 0, 0),
+    RGBColor(230, 171, 2),
 ];
 
 /// One named curve.

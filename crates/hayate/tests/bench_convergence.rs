@@ -196,4 +196,27 @@ momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensa
         })
         .count();
     assert_eq!(scores, 2);
+
+    // A method renamed to the same folder name reuses its run and reports the new name.
+    let renamed = dir.path().join("renamed.toml");
+    std::fs::write(
+        &renamed,
+        text.replace(r#"name = "CLTS+MDLRC""#, r#"name = "CLTS MDLRC""#),
+    )
+    .unwrap();
+    let out3 = dir.path().join("out3");
+    let reused = run_with(
+        &renamed,
+        &[
+            Path::new("--out"),
+            &out3,
+            Path::new("--runs"),
+            &out.join("runs"),
+        ],
+    );
+    assert_eq!(reused.matches("done earlier").count(), 2, "{reused}");
+    let named: ConvergenceReport =
+        serde_json::from_str(&std::fs::read_to_string(out3.join("results.json")).unwrap()).unwrap();
+    assert_eq!(named.runs[1].method, "CLTS MDLRC");
+    assert_eq!(proxies(&named), proxies(&report));
 }
