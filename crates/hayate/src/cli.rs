@@ -887,7 +887,14 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             let (ta, tb) = (run(&a)?, run(&b)?);
             let report = crate::consistency::compare(&ta, &tb)?;
-            for path in crate::consistency::write(&report, &ta, &tb, &out)? {
+            let setup = crate::consistency::Setup {
+                a: path_a,
+                b: path_b,
+                sampler: format!("{sampler:?}").to_lowercase(),
+                steps: chosen.timesteps(&schedule).len(),
+                seed,
+            };
+            for path in crate::consistency::write(&setup, &report, &ta, &tb, &out)? {
                 println!("wrote {}", path.display());
             }
             println!(

@@ -168,6 +168,21 @@ pub struct Report {
     pub per_step: Vec<StepAgreement>,
 }
 
+/// What was compared, and how: recorded in `consistency.json` beside the figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Setup {
+    /// The checkpoint files of A and B.
+    pub a: PathBuf,
+    /// See `a`.
+    pub b: PathBuf,
+    /// The reverse process, "ddim" or "ddpm".
+    pub sampler: String,
+    /// The sampler's number of steps.
+    pub steps: usize,
+    /// Seed of the shared noise.
+    pub seed: u64,
+}
+
 /// Compares two trajectories drawn from the same noise.
 pub fn compare(a: &Trajectory, b: &Trajectory) -> Result<Report> {
     let per = 3 * a.size * a.size;
@@ -196,13 +211,26 @@ pub fn compare(a: &Trajectory, b: &Trajectory) -> Result<Report> {
 
 /// Writes `consistency.json`, `pairs.png` (A's samples in the first row, B's below, up to 16
 /// pairs) and `agreement.png` (x_0 agreement against t, with the final samples' paired and
-/// chance levels) into `dir`.
-pub fn write(report: &Report, a: &Trajectory, b: &Trajectory, dir: &Path) -> Result<Vec<PathBuf>> {
+/// chance levels) into `dir`; the JSON also records the `setup`.
+pub fn write(
+    setup: &Setup,
+    report: &Report,
+    a: &Trajectory,
+    b: &Trajectory,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    #[derive(Serialize)]
+    struct Record<'a> {
+        #[serde(flatten)]
+        setup: &'a Setup,
+        #[serde(flatten)]
+        report: &'a Report,
+    }
     std::fs::create_dir_all(dir)?;
     let json = dir.join("consistency.json");
     crate::checkpoint::write_atomic(
         &json,
-        format!("{:#}\n", serde_json::to_value(report)?).as_bytes(),
+        format!("{:#}\n", serde_json::to_value(Record { setup, report })?).as_bytes(),
     )?;
     let per = 3 * a.size * a.size;
     let k = report.n.min(16);
@@ -216,8 +244,10 @@ pub fn write(report: &Report, a: &Trajectory, b: &Trajectory, dir: &Path) -> Res
     };
     let chart = Chart {
         title: format!(
-            "Agreement of two models from the same noise (n = {})",
-            report.n
+            "Agreement of two models from the same noise (n = {}, {} {} steps)",
+            report.n,
+            setup.sampler.to_uppercase(),
+            setup.steps
         ),
         x_label: "timestep t of the prediction".into(),
         y_label: "1 - normalised MSE".into(),

@@ -368,6 +368,14 @@ fn consistency_compares_models_from_shared_noise() {
             .unwrap()
     };
     let itself = compare(&a, &dir.path().join("itself"));
+    assert_eq!(itself["sampler"], "ddim");
+    assert_eq!(itself["steps"], 3);
+    assert_eq!(itself["seed"], 5);
+    assert_eq!(itself["a"], itself["b"]);
+    assert!(
+        itself["a"].as_str().unwrap().ends_with(".hayate"),
+        "{itself}"
+    );
     assert_eq!(itself["paired"]["agreement"], 1.0);
     assert_eq!(itself["per_step"].as_array().unwrap().len(), 3);
     assert!(
