@@ -56,7 +56,8 @@ fid RUN *ARGS:
     cargo run --release -p hayate -- eval fid --checkpoint {{RUN}} {{ARGS}}
 
 # The consistency phenomenon: train two tiny models that differ in seed and a third that differs
-# in width (CPU, about 40 minutes each on 2 cores), then compare their samples from shared noise.
+# in width (CPU on 2 cores: about 40 minutes each, 80 for the wider one), then compare their
+# samples from shared noise (10 and 16 minutes).
 consistency *ARGS:
     cargo run --release -p hayate -- train --config experiments/consistency-a.toml --out runs/consistency-a {{ARGS}}
     cargo run --release -p hayate -- train --config experiments/consistency-b.toml --out runs/consistency-b {{ARGS}}
