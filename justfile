@@ -57,7 +57,7 @@ fid RUN *ARGS:
 
 # The consistency phenomenon: train two tiny models that differ in seed and a third that differs
 # in width (CPU on 2 cores: about 40 minutes each, 80 for the wider one), then compare their
-# samples from shared noise (10 and 16 minutes).
+# samples from shared noise (16 to 20 minutes each).
 consistency *ARGS:
     cargo run --release -p hayate -- train --config experiments/consistency-a.toml --out runs/consistency-a {{ARGS}}
     cargo run --release -p hayate -- train --config experiments/consistency-b.toml --out runs/consistency-b {{ARGS}}
