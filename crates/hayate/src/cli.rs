@@ -363,6 +363,14 @@ pub enum ScheduleAction {
     },
 }
 
+/// How the command line spells `choice`, so results name it as a user would type it.
+fn choice_name(choice: impl ValueEnum + std::fmt::Debug) -> String {
+    match choice.to_possible_value() {
+        Some(value) => value.get_name().to_owned(),
+        None => format!("{choice:?}"),
+    }
+}
+
 /// `--sampler` choices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SamplerChoice {
@@ -794,9 +802,9 @@ pub fn run(cli: Cli) -> Result<()> {
                     let stats = crate::fid::dataset_statistics(&net, &data, n, batch, &cache)?;
                     (path.display().to_string(), stats)
                 }
-                None => (format!("{reference:?}"), stats_of(reference)?),
+                None => (choice_name(reference), stats_of(reference)?),
             };
-            let (subject, stats, step) = match (checkpoint, images) {
+            let (subject, stats, drawn) = match (checkpoint, images) {
                 (Some(checkpoint), None) => {
                     let (path, loaded) = Checkpoint::load_newest_valid(&checkpoint)?;
                     let config = &loaded.meta.config;
@@ -816,9 +824,15 @@ pub fn run(cli: Cli) -> Result<()> {
                         cfg_scale.unwrap_or(config.sampling.cfg_scale),
                     );
                     let stats = crate::fid::statistics_of(&net, batches.map(Ok), 1000)?;
-                    (path.display().to_string(), stats, Some(loaded.step()))
+                    let drawn = serde_json::json!({
+                        "step": loaded.step(),
+                        "sampler": choice_name(sampler),
+                        "steps": chosen.timesteps(&schedule).len(),
+                        "seed": seed,
+                    });
+                    (path.display().to_string(), stats, Some(drawn))
                 }
-                (None, Some(set)) => (format!("{set:?}"), stats_of(set)?, None),
+                (None, Some(set)) => (choice_name(set), stats_of(set)?, None),
                 _ => bail!("give --checkpoint or --images"),
             };
             let fid = crate::fid::frechet_distance(&stats, &reference_stats);
@@ -830,11 +844,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 "reference": reference_name,
                 "inception_weights": weights.display().to_string(),
             });
-            if step.is_some() {
-                result["step"] = step.into();
-                result["sampler"] = format!("{sampler:?}").into();
-                result["steps"] = steps.into();
-                result["seed"] = seed.into();
+            // Samples: which step's model drew them, and how.
+            if let Some(serde_json::Value::Object(drawn)) = drawn {
+                for (key, value) in drawn {
+                    result[key] = value;
+                }
             }
             if let Some(out) = out {
                 crate::checkpoint::write_atomic(&out, format!("{result:#}\n").as_bytes())?;
@@ -890,7 +904,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let setup = crate::consistency::Setup {
                 a: path_a,
                 b: path_b,
-                sampler: format!("{sampler:?}").to_lowercase(),
+                sampler: choice_name(sampler),
                 steps: chosen.timesteps(&schedule).len(),
                 seed,
             };

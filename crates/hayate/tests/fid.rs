@@ -7,10 +7,12 @@
 mod common;
 
 use burn::prelude::*;
+use clap::Parser;
 use hayate::fid::{Accumulator, frechet_distance};
 use hayate::inception::{FEATURES, FidInception};
 use hayate_data::{Cifar10, IMAGE_BYTES, Split, image_to_unit_range};
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
 fn weights() -> Option<PathBuf> {
     match std::env::var_os("HAYATE_INCEPTION_WEIGHTS").map(PathBuf::from) {
@@ -83,7 +85,7 @@ fn features_match_pytorch_fid_and_a_set_has_fid_zero_with_itself() {
 }
 
 /// With `eval.fid_every` set, training logs the FID of the EMA model's samples, with its n, at
-/// those checkpoints and draws it in plots/fid.png.
+/// those checkpoints and draws it in plots/fid.png; `hayate eval fid` on the run agrees.
 #[test]
 fn training_logs_fid_at_the_configured_steps() {
     let (Some(data), Some(weights)) = (common::shared_cifar10(), weights()) else {
@@ -95,12 +97,12 @@ fn training_logs_fid_at_the_configured_steps() {
     config.eval.fid_n = 6;
     config.eval.fid_batch = 3;
     config.eval.fid_ddim_steps = 2;
-    config.eval.inception_weights = Some(weights);
+    config.eval.inception_weights = Some(weights.clone());
     let run = dir.path().join("run");
     hayate::train::train(
         &hayate::train::TrainOptions {
             config,
-            data_dir: Some(data),
+            data_dir: Some(data.clone()),
             out: run.clone(),
             resume: false,
             allow_config_change: false,
@@ -116,44 +118,81 @@ fn training_logs_fid_at_the_configured_steps() {
     assert_eq!(fid[0]["n"], 6);
     assert!(fid[0]["fid"].as_f64().unwrap() > 0.0);
     assert!(run.join("plots/fid.png").is_file());
+
+    // `hayate eval fid` on the run, drawing the same way, gives the FID training logged and
+    // says which step's model drew the samples, and how.
+    let args = [
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--n",
+        "6",
+        "--batch",
+        "3",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+    ];
+    let result = eval_fid(&args, &data, &weights, &dir.path().join("fid.json"));
+    assert_eq!(result["step"], 4);
+    assert_eq!(result["sampler"], "ddim");
+    assert_eq!(result["steps"], 2);
+    assert_eq!(result["seed"], 0);
+    assert_eq!(result["reference"], "cifar10-train");
+    assert!(
+        result["subject"].as_str().unwrap().ends_with(".hayate"),
+        "{result}"
+    );
+    let (logged, evaluated) = (
+        fid[0]["fid"].as_f64().unwrap(),
+        result["fid"].as_f64().unwrap(),
+    );
+    assert!(
+        (logged - evaluated).abs() <= 1e-9 * logged,
+        "FID logged in training {logged}, by eval fid {evaluated}"
+    );
 }
 
-/// `hayate eval fid` on two image sets writes its result, naming what was compared and n; a
-/// prepared file of the same reference images gives the same FID.
+/// Runs `hayate eval fid` as a user would type it (on CPU, with the shared data and the given
+/// weights) and returns the JSON it wrote.
+fn eval_fid(args: &[&str], data: &Path, weights: &Path, out: &Path) -> serde_json::Value {
+    let mut line: Vec<OsString> = ["hayate", "eval", "fid", "--backend", "cpu"]
+        .iter()
+        .chain(args)
+        .map(OsString::from)
+        .collect();
+    for (flag, path) in [
+        ("--data-dir", data),
+        ("--inception-weights", weights),
+        ("--out", out),
+    ] {
+        line.extend([OsString::from(flag), path.as_os_str().to_owned()]);
+    }
+    hayate::cli::run(hayate::cli::Cli::try_parse_from(line).unwrap()).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
+}
+
+/// `hayate eval fid` on two image sets writes its result, naming what was compared (as the
+/// command line spells it) and n; a prepared file of the same reference images gives the same FID.
 #[test]
 fn eval_fid_compares_two_cifar10_splits() {
     let (Some(data), Some(weights)) = (common::shared_cifar10(), weights()) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let run = |ref_prepared: Option<PathBuf>| {
-        let out = dir.path().join("fid.json");
-        hayate::cli::run(hayate::cli::Cli {
-            command: hayate::cli::Command::Eval {
-                what: hayate::cli::EvalCommand::Fid {
-                    checkpoint: None,
-                    images: Some(hayate::cli::ImageSet::Cifar10Test),
-                    n: 5,
-                    reference: hayate::cli::ImageSet::Cifar10Train,
-                    ref_prepared,
-                    cfg_scale: None,
-                    sampler: hayate::cli::SamplerChoice::Ddim,
-                    steps: 10,
-                    seed: 0,
-                    batch: 5,
-                    inception_weights: Some(weights.clone()),
-                    data_dir: Some(data.clone()),
-                    backend: hayate::backend::BackendChoice::Cpu,
-                    out: Some(out.clone()),
-                },
-            },
-        })
-        .unwrap();
-        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&out).unwrap()).unwrap()
+    let out = dir.path().join("fid.json");
+    let run = |reference: &[&str]| {
+        let args = [
+            &["--images", "cifar10-test", "--n", "5", "--batch", "5"],
+            reference,
+        ]
+        .concat();
+        eval_fid(&args, &data, &weights, &out)
     };
-    let result = run(None);
+    let result = run(&[]);
     assert_eq!(result["n"], 5);
-    assert_eq!(result["subject"], "Cifar10Test");
+    assert_eq!(result["subject"], "cifar10-test");
+    assert_eq!(result["reference"], "cifar10-train");
     assert!(result["fid"].as_f64().unwrap() > 0.0, "{result}");
     assert!(result.get("sampler").is_none(), "{result}");
 
@@ -179,7 +218,7 @@ fn eval_fid_compares_two_cifar10_splits() {
         |_| std::ops::ControlFlow::Continue(()),
     )
     .unwrap();
-    let again = run(Some(prepared.clone()));
+    let again = run(&["--ref-prepared", prepared.to_str().unwrap()]);
     assert_eq!(again["reference"], prepared.display().to_string());
     let (a, b) = (
         result["fid"].as_f64().unwrap(),
