@@ -824,13 +824,12 @@ pub fn run(cli: Cli) -> Result<()> {
                         cfg_scale.unwrap_or(config.sampling.cfg_scale),
                     );
                     let stats = crate::fid::statistics_of(&net, batches.map(Ok), 1000)?;
-                    let drawn = serde_json::json!({
-                        "step": loaded.step(),
-                        "sampler": choice_name(sampler),
-                        "steps": chosen.timesteps(&schedule).len(),
-                        "seed": seed,
-                    });
-                    (path.display().to_string(), stats, Some(drawn))
+                    let taken = chosen.timesteps(&schedule).len();
+                    (
+                        path.display().to_string(),
+                        stats,
+                        Some((loaded.step(), taken)),
+                    )
                 }
                 (None, Some(set)) => (choice_name(set), stats_of(set)?, None),
                 _ => bail!("give --checkpoint or --images"),
@@ -845,10 +844,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 "inception_weights": weights.display().to_string(),
             });
             // Samples: which step's model drew them, and how.
-            if let Some(serde_json::Value::Object(drawn)) = drawn {
-                for (key, value) in drawn {
-                    result[key] = value;
-                }
+            if let Some((step, taken)) = drawn {
+                result["step"] = step.into();
+                result["sampler"] = choice_name(sampler).into();
+                result["steps"] = taken.into();
+                result["seed"] = seed.into();
             }
             if let Some(out) = out {
                 crate::checkpoint::write_atomic(&out, format!("{result:#}\n").as_bytes())?;
