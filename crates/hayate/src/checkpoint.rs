@@ -239,7 +239,11 @@ pub fn write_atomic_with(
     path: &Path,
     write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
 ) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name's parent is "", which cannot be opened to sync: it is the current folder.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
     let name = path
         .file_name()
         .context("path has no file name")?
@@ -279,6 +283,17 @@ mod tests {
             },
             sections: vec![("model".into(), vec![1, 2, 3]), ("ema".into(), vec![])],
         }
+    }
+
+    /// `--out grid.png` names a file in the current folder: written, synced, no error.
+    #[test]
+    fn writes_a_bare_file_name_in_the_current_folder() {
+        let name = format!("write-atomic-test-{}.tmp", std::process::id());
+        let result = write_atomic(Path::new(&name), b"ok");
+        let written = std::fs::read(&name);
+        let _ = std::fs::remove_file(&name);
+        result.unwrap();
+        assert_eq!(written.unwrap(), b"ok");
     }
 
     #[test]

@@ -791,10 +791,24 @@ pub fn run(cli: Cli) -> Result<()> {
             let (device, why) = select(backend)?;
             eprintln!("device: {why}; Inception weights {}", weights.display());
             let net = crate::inception::FidInception::load(&weights, &device)?;
+            let loaded = checkpoint
+                .as_ref()
+                .map(|c| Checkpoint::load_newest_valid(c))
+                .transpose()?;
+            // A model's samples are compared with the images at its own resolution (CIFAR-10
+            // averaged down for a 16x16 model), as the FID logged in training is.
+            let resolution = match &loaded {
+                Some((_, l)) => l.meta.config.model.resolve()?.resolution,
+                None => 32, // CIFAR-10's own size
+            };
             let stats_of = |set: ImageSet| -> Result<_> {
-                let dir = hayate_data::cifar10_dir(data_dir.as_deref(), &cache)?;
-                let data = hayate_data::Cifar10::open(&dir, set.split())?;
-                crate::fid::dataset_statistics(&net, &data, n, batch, &cache)
+                let data = crate::dataset::cifar10_images(
+                    data_dir.as_deref(),
+                    set.split(),
+                    resolution,
+                    &cache,
+                )?;
+                crate::fid::dataset_statistics(&net, data.as_ref(), n, batch, &cache)
             };
             let (reference_name, reference_stats) = match &ref_prepared {
                 Some(path) => {
@@ -804,9 +818,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
                 None => (choice_name(reference), stats_of(reference)?),
             };
-            let (subject, stats, drawn) = match (checkpoint, images) {
-                (Some(checkpoint), None) => {
-                    let (path, loaded) = Checkpoint::load_newest_valid(&checkpoint)?;
+            let (subject, stats, drawn) = match (loaded, images) {
+                (Some((path, loaded)), None) => {
                     let config = &loaded.meta.config;
                     let schedule = config.diffusion.schedule()?;
                     let model = load_ema(&loaded, &device)?;

@@ -361,6 +361,19 @@ impl RunConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
+        // A benchmark file (a base `[run]` and `[[method]]`s) fails as a run config with a serde
+        // message about its first key; say what it is and what runs it.
+        if let Ok(table) = text.parse::<toml::Table>()
+            && table.contains_key("run")
+            && table.contains_key("method")
+        {
+            bail!(
+                "{} is a convergence benchmark file, not a run config: run it with \
+                 `hayate bench convergence --config {}`",
+                path.display(),
+                path.display()
+            );
+        }
         Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))
     }
 
@@ -595,6 +608,13 @@ mod tests {
                 let configs = match crate::convergence::is_benchmark_file(&path) {
                     // A benchmark's methods are each a run config.
                     true => {
+                        // Given to `hayate train`, it is named for what it is.
+                        let err = format!("{:#}", RunConfig::load(&path).unwrap_err());
+                        assert!(
+                            err.contains("is a convergence benchmark file")
+                                && err.contains("hayate bench convergence --config"),
+                            "{err}"
+                        );
                         let bench = crate::convergence::BenchConfig::load(&path).unwrap();
                         assert!(bench.feature_net.is_file(), "{}", path.display());
                         (0..bench.method.len())

@@ -489,21 +489,28 @@ pub fn run(
         256,
         &cache,
     )?);
-    let check = match (&bench.inception, options.inception) {
-        (Some(check), true) => {
+    // The Inception check, loaded when the first checkpoint that it scores comes up: a
+    // benchmark whose runs are all scored already loads no network and takes no square root.
+    let inception_check = bench.inception.as_ref().filter(|_| options.inception);
+    type Check = (crate::inception::FidInception, Reference, usize);
+    let mut check: Option<Check> = None;
+    let load_check = |check: &mut Option<Check>| -> Result<()> {
+        if check.is_none()
+            && let Some(settings) = inception_check
+        {
             let weights =
                 crate::fid::inception_weights(options.inception_weights.as_deref(), &cache)?;
             let net = crate::inception::FidInception::load(&weights, device)?;
             let reference = Reference::new(dataset_statistics(
                 &net,
                 images.as_ref(),
-                check.ref_n,
+                settings.ref_n,
                 50,
                 &cache,
             )?);
-            Some((net, reference, check.n))
+            *check = Some((net, reference, settings.n));
         }
-        _ => None,
+        Ok(())
     };
 
     let runs_dir = options
@@ -515,7 +522,11 @@ pub fn run(
         for (seed_index, &seed) in bench.seeds.iter().enumerate() {
             let config = bench.run_config(index, seed)?;
             let dir = runs_dir.join(format!("{}-seed{seed}", slug(&method.name)));
-            let digest = bench.digest(&config, features.weights_sha256(), check.is_some());
+            let digest = bench.digest(
+                &config,
+                features.weights_sha256(),
+                inception_check.is_some(),
+            );
             // Named by the evaluation, so benchmarks sharing a run keep their own scores.
             let result_path = dir.join(format!("scores-{digest}.json"));
             if let Ok(text) = std::fs::read_to_string(&result_path)
@@ -578,6 +589,9 @@ pub fn run(
             let mut scores = Vec::new();
             for (i, path) in paths.iter().enumerate() {
                 let checked = seed_index == 0 && (index == 0 || i == last);
+                if checked {
+                    load_check(&mut check)?;
+                }
                 let score = score(
                     bench,
                     &config,
