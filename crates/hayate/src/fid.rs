@@ -191,7 +191,8 @@ fn symmetric_sqrt(m: &DMatrix<f64>) -> DMatrix<f64> {
 
 /// The Frechet distance |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)). The trace of
 /// (S_a S_b)^(1/2) is that of (A S_b A)^(1/2) with A = S_a^(1/2), a symmetric positive
-/// semi-definite matrix, so both square roots come from symmetric eigendecompositions.
+/// semi-definite matrix, so the trace comes from symmetric eigenvalues; for a `b` of fewer
+/// images than features, from those of an n x n matrix instead (see [`Reference::distance`]).
 pub fn frechet_distance(a: &Statistics, b: &Statistics) -> f64 {
     Reference::new(a.clone()).distance(b)
 }
