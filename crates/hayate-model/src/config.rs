@@ -252,8 +252,9 @@ impl UNetConfig {
             let c = self.base_channels * width;
             if !c.is_multiple_of(self.norm_groups) {
                 return err(format!(
-                    "width {c} is not a multiple of norm_groups ({})",
-                    self.norm_groups
+                    "width {c} (base_channels {} x channel_mult {width}) is not a multiple of \
+                     norm_groups ({})",
+                    self.base_channels, self.norm_groups
                 ));
             }
         }
@@ -261,7 +262,8 @@ impl UNetConfig {
         let divisor = 1usize << (levels - 1);
         if self.resolution == 0 || !self.resolution.is_multiple_of(divisor) {
             return err(format!(
-                "resolution {} must be a positive multiple of {divisor} for {levels} levels",
+                "resolution {} must be a positive multiple of {divisor} for the {levels} levels \
+                 of channel_mult",
                 self.resolution
             ));
         }
@@ -272,7 +274,9 @@ impl UNetConfig {
             .find(|r| !reachable.contains(r))
         {
             return err(format!(
-                "attention resolution {r} is not one of the levels' resolutions {reachable:?}"
+                "attention_resolutions: {r} is not one of the levels' resolutions {reachable:?} \
+                 (resolution {} halved per level of channel_mult)",
+                self.resolution
             ));
         }
         if self.num_heads == 0 || self.head_channels == Some(0) {
@@ -293,11 +297,12 @@ impl UNetConfig {
             if heads == 0 || !c.is_multiple_of(heads) || uneven {
                 let split = self
                     .head_channels
-                    .map_or(format!("{} heads", self.num_heads), |h| {
-                        format!("heads of {h} channels")
+                    .map_or(format!("num_heads {}", self.num_heads), |h| {
+                        format!("heads of head_channels {h}")
                     });
                 return err(format!(
-                    "an attention block of width {c} cannot be split into {split}"
+                    "an attention block of width {c} (base_channels x channel_mult, at \
+                     attention_resolutions) cannot be split into {split}"
                 ));
             }
         }

@@ -17,6 +17,17 @@ pub struct Ddim {
 }
 
 impl Ddim {
+    /// DDIM over `steps` timesteps with stochasticity `eta`, clipping the predicted x_0 as
+    /// every hayate sampler does: the one constructor grids, `hayate sample`, FID and the
+    /// benchmarks build their sampler with.
+    pub fn new(steps: usize, eta: f64) -> Self {
+        Self {
+            steps,
+            eta,
+            clip_x0: true,
+        }
+    }
+
     fn alpha_bar_prev(schedule: &NoiseSchedule, t_prev: Option<usize>) -> f64 {
         t_prev.map_or(1.0, |p| schedule.alpha_bar(p))
     }

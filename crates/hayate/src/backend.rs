@@ -21,7 +21,7 @@ pub fn select(choice: BackendChoice) -> Result<(Device, String)> {
         BackendChoice::Wgpu => wgpu_device("WGPU (requested)".into()),
         BackendChoice::Cpu => cpu_device("CPU backend flex (requested)".into()),
         BackendChoice::Auto => match hardware_gpu() {
-            Some(name) => wgpu_device(format!("WGPU on {name}")),
+            Some(_) => wgpu_device("WGPU (a hardware GPU was found)".into()),
             None => cpu_device(
                 "no hardware GPU adapter found: falling back to the CPU backend flex".into(),
             ),
@@ -53,6 +53,26 @@ pub fn select_devices(choice: BackendChoice, indices: &[usize]) -> Result<(Vec<D
 
 #[cfg(feature = "wgpu")]
 fn gpu_devices(indices: &[usize]) -> Result<(Vec<Device>, String)> {
+    // WGPU numbers the discrete GPUs of one graphics API; an index past them would fail inside
+    // the GPU runtime, so it is checked here against what the machine has.
+    let adapters = adapters();
+    let discrete = most_discrete_gpus(&adapters);
+    if let Some(&missing) = indices.iter().find(|&&i| i >= discrete) {
+        let found = if adapters.is_empty() {
+            "none".to_string()
+        } else {
+            adapters
+                .iter()
+                .map(|a| format!("{} ({:?}, {})", a.name, a.backend, kind(a.device_type)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        anyhow::bail!(
+            "--devices {missing}: this machine has {discrete} discrete GPU{} (indices from 0); \
+             WGPU adapters found: {found}",
+            if discrete == 1 { "" } else { "s" }
+        );
+    }
     let devices = indices
         .iter()
         .map(|&i| Device::wgpu(DeviceKind::DiscreteGpu(i)))
@@ -68,9 +88,83 @@ fn gpu_devices(_indices: &[usize]) -> Result<(Vec<Device>, String)> {
     wgpu_device(String::new()).map(|(d, w)| (vec![d], w))
 }
 
+/// Every WGPU adapter of every graphics API, as WGPU lists them.
+#[cfg(feature = "wgpu")]
+pub fn adapters() -> Vec<burn::tensor::wgpu::wgpu::AdapterInfo> {
+    use burn::tensor::wgpu::wgpu;
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::all(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    adapters.iter().map(|a| a.get_info()).collect()
+}
+
+/// The most discrete GPUs any one graphics API reaches.
+#[cfg(feature = "wgpu")]
+fn most_discrete_gpus(adapters: &[burn::tensor::wgpu::wgpu::AdapterInfo]) -> usize {
+    use burn::tensor::wgpu::wgpu::DeviceType;
+    let discrete: Vec<_> = adapters
+        .iter()
+        .filter(|a| a.device_type == DeviceType::DiscreteGpu)
+        .collect();
+    discrete
+        .iter()
+        .map(|a| discrete.iter().filter(|b| b.backend == a.backend).count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// How an adapter runs: on a GPU, or in software on the CPU.
+#[cfg(feature = "wgpu")]
+fn kind(device_type: burn::tensor::wgpu::wgpu::DeviceType) -> &'static str {
+    use burn::tensor::wgpu::wgpu::DeviceType;
+    match device_type {
+        DeviceType::DiscreteGpu => "discrete GPU",
+        DeviceType::IntegratedGpu => "integrated GPU",
+        DeviceType::VirtualGpu => "virtual GPU",
+        DeviceType::Cpu => "software, on the CPU",
+        DeviceType::Other => "unknown kind",
+    }
+}
+
+/// WGPU's default device, described by the adapter it opened: name, graphics API and kind. A
+/// software adapter (Mesa's lavapipe or llvmpipe, say) gets a warning: it runs kernels on the
+/// CPU, far slower than the CPU backend.
 #[cfg(feature = "wgpu")]
 fn wgpu_device(why: String) -> Result<(Device, String)> {
-    Ok((Device::wgpu(DeviceKind::DefaultDevice), why))
+    let adapters = adapters();
+    if adapters.is_empty() {
+        anyhow::bail!(
+            "no WGPU adapter found (a GPU driver with Vulkan, Metal or DX12; for software Vulkan, \
+             Mesa's mesa-vulkan-drivers); --backend cpu runs without one"
+        );
+    }
+    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    let name = device.identity().map(|identity| identity.name);
+    let adapter = name
+        .as_ref()
+        .and_then(|name| adapters.iter().find(|a| &a.name == name));
+    let line = match (adapter, name) {
+        (Some(a), _) => {
+            if a.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu {
+                eprintln!(
+                    "warning: WGPU's adapter {} is a software rasterizer: every kernel runs on \
+                     the CPU, much slower than --backend cpu",
+                    a.name
+                );
+            }
+            format!(
+                "{why}: {} ({:?}, {})",
+                a.name,
+                a.backend,
+                kind(a.device_type)
+            )
+        }
+        (None, Some(name)) => format!("{why}: {name}"),
+        (None, None) => why,
+    };
+    Ok((device, line))
 }
 
 #[cfg(not(feature = "wgpu"))]
@@ -91,16 +185,9 @@ fn cpu_device(_why: String) -> Result<(Device, String)> {
 /// The name of the first non-CPU WGPU adapter, if any.
 #[cfg(feature = "wgpu")]
 pub fn hardware_gpu() -> Option<String> {
-    use burn::tensor::wgpu::wgpu;
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::all(),
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-    adapters
-        .iter()
-        .map(|a| a.get_info())
-        .find(|info| info.device_type != wgpu::DeviceType::Cpu)
+    adapters()
+        .into_iter()
+        .find(|info| info.device_type != burn::tensor::wgpu::wgpu::DeviceType::Cpu)
         .map(|info| format!("{} ({:?})", info.name, info.backend))
 }
 
@@ -121,5 +208,26 @@ mod tests {
         let err = select_devices(BackendChoice::Wgpu, &[0, 1, 0]).unwrap_err();
         assert!(err.to_string().contains("twice"), "{err}");
         assert!(select_devices(BackendChoice::Wgpu, &[]).is_err());
+    }
+
+    /// An index past the machine's GPUs is a clear error listing the adapters, not a panic in
+    /// the GPU runtime (no machine here has 64 discrete GPUs).
+    #[test]
+    #[cfg(feature = "wgpu")]
+    fn a_missing_gpu_index_lists_the_adapters() {
+        let err = select_devices(BackendChoice::Wgpu, &[0, 63]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("--devices "), "{text}");
+        assert!(
+            text.contains("discrete GPU") && text.contains("adapters found: "),
+            "{text}"
+        );
+        for adapter in adapters() {
+            assert!(
+                text.contains(&adapter.name),
+                "{text} misses {}",
+                adapter.name
+            );
+        }
     }
 }

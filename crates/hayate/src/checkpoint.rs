@@ -1,5 +1,7 @@
-//! Checkpoints: one file per checkpoint holding model, EMA, optimiser, scheduler, RNG streams,
-//! step and config, written atomically (temporary file, fsync, rename) and checksummed.
+//! Checkpoints: one file per checkpoint holding model, EMA, optimiser, RNG streams, step and
+//! config, written atomically (temporary file, fsync, rename) and checksummed. There is no
+//! learning-rate scheduler state: the rate is a function of the step and the config
+//! (`TrainConfig::lr_schedule`), rebuilt from the step on resume.
 
 use crate::batches::SourceState;
 use crate::config::RunConfig;

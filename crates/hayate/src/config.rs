@@ -147,7 +147,15 @@ impl Default for DiffusionConfig {
 impl DiffusionConfig {
     /// The noise schedule this section describes.
     pub fn schedule(&self) -> Result<NoiseSchedule> {
-        NoiseSchedule::new(self.beta_schedule, self.timesteps).context("diffusion")
+        // Checked here too, so that the error names the setting.
+        if !(2..=NoiseSchedule::MAX_STEPS).contains(&self.timesteps) {
+            bail!(
+                "diffusion.timesteps must be in 2..={}, got {}",
+                NoiseSchedule::MAX_STEPS,
+                self.timesteps
+            );
+        }
+        NoiseSchedule::new(self.beta_schedule, self.timesteps).context("diffusion.beta_schedule")
     }
 
     /// Checks the schedule, the timestep sampler and the loss weight.
@@ -342,6 +350,20 @@ pub struct EvalConfig {
     pub fid_batch: usize,
     /// The Inception weights; absent: `$HAYATE_INCEPTION_WEIGHTS`, else the cached download.
     pub inception_weights: Option<std::path::PathBuf>,
+}
+
+impl SamplingConfig {
+    /// The grids' sampler, also `hayate sample`'s and `hayate consistency`'s default.
+    pub fn ddim(&self) -> hayate_schedule::ddim::Ddim {
+        hayate_schedule::ddim::Ddim::new(self.ddim_steps, self.eta)
+    }
+}
+
+impl EvalConfig {
+    /// FID's sampler (deterministic), also `hayate eval fid`'s default.
+    pub fn ddim(&self) -> hayate_schedule::ddim::Ddim {
+        hayate_schedule::ddim::Ddim::new(self.fid_ddim_steps, 0.0)
+    }
 }
 
 impl Default for EvalConfig {
@@ -681,10 +703,30 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
-        /// Any text parses to a valid config or gives an error; it never panics.
+        /// Text of real section and setting names (some in the wrong section) with odd values
+        /// parses to a valid config or gives an error; it never panics.
         #[test]
-        fn any_text_parses_or_fails_cleanly(text in "(\\[[a-z]{1,9}\\]\n)?([a-z_]{1,12} = [-0-9a-z.\"\\[\\], {}=]{0,20}\n){0,6}") {
-            let _ = RunConfig::parse(&text);
+        fn any_text_parses_or_fails_cleanly(
+            section in 0usize..OPTIONAL.len(),
+            lines in proptest::collection::vec(
+                (
+                    0usize..OPTIONAL.len(),
+                    0usize..=ODD_VALUES.len(),
+                    "[-0-9a-z.\"\\[\\], {}=]{0,20}",
+                ),
+                0..6,
+            ),
+        ) {
+            // Each value is one of the odd values, or random text.
+            let mut text = format!("[{}]\n", OPTIONAL[section].0);
+            for (key, odd, random) in &lines {
+                let value = ODD_VALUES.get(*odd).copied().unwrap_or(random.as_str());
+                text.push_str(&format!("{} = {value}\n", OPTIONAL[*key].1));
+            }
+            if let Err(e) = RunConfig::parse(&text) {
+                let message = format!("{e:#}");
+                proptest::prop_assert!(!message.is_empty());
+            }
         }
 
         /// An experiment file with one value replaced by an odd one parses to a config that
@@ -705,7 +747,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, l)| if i == target { format!("{key} = {}\n", ODD_VALUES[value]) } else { format!("{l}\n") })
                 .collect();
-            check_parse(&mutated)?;
+            check_parse(&mutated, key)?;
         }
 
         /// The same with a setting the experiment files leave at its default (model overrides,
@@ -729,7 +771,7 @@ mod tests {
                     mutated.push_str(&format!("{key} = {}\n", ODD_VALUES[value]));
                 }
             }
-            check_parse(&mutated)?;
+            check_parse(&mutated, key)?;
         }
     }
 
@@ -767,8 +809,8 @@ mod tests {
     }
 
     /// A parsed config validates, builds its schedules and network plan and round-trips; an
-    /// error has a message.
-    fn check_parse(text: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+    /// error names `key`, the setting that was given an odd value.
+    fn check_parse(text: &str, key: &str) -> Result<(), proptest::test_runner::TestCaseError> {
         match RunConfig::parse(text) {
             Ok(config) => {
                 config.validate().unwrap();
@@ -778,7 +820,7 @@ mod tests {
             }
             Err(e) => {
                 let message = format!("{e:#}");
-                proptest::prop_assert!(!message.is_empty());
+                proptest::prop_assert!(message.contains(key), "{key}: {message}");
             }
         }
         Ok(())

@@ -3,10 +3,10 @@
 //! x_0 agree most at high noise. This module measures that agreement.
 
 use crate::plot::{Chart, Series};
-use crate::sample::{UNetDenoiser, generate_with, save_grid_with_columns};
+use crate::sample::{
+    TrainedModel, UNetDenoiser, batch_seed, generate_with, save_grid_with_columns,
+};
 use anyhow::{Result, ensure};
-use burn::prelude::*;
-use hayate_model::UNet;
 use hayate_schedule::{Denoiser, NoiseSchedule, Prediction, Sampler};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -24,41 +24,78 @@ pub struct Agreement {
 
 /// The agreement of pairs (`a[i]`, `b[i]`) of images of `per` values each.
 pub fn agreement(a: &[f32], b: &[f32], per: usize) -> Agreement {
-    assert_eq!(a.len(), b.len(), "paired sets must have the same size");
-    let n = a.len() / per;
-    // Pooled per-pixel variance around the per-pixel mean of all 2n images.
-    let mut mean = vec![0f64; per];
-    for img in a.chunks_exact(per).chain(b.chunks_exact(per)) {
-        for (m, &v) in mean.iter_mut().zip(img) {
-            *m += v as f64;
+    let mut sums = AgreementSums::new(per);
+    sums.add(a, b);
+    sums.finish()
+}
+
+/// [`Agreement`] gathered a batch of pairs at a time, in memory of one image: per-pixel sums
+/// for the pooled variance, and the pairs' squared differences and PSNRs.
+#[derive(Debug, Clone)]
+pub struct AgreementSums {
+    per: usize,
+    pairs: usize,
+    sum: Vec<f64>,
+    sum_sq: Vec<f64>,
+    mse: f64,
+    psnr: f64,
+}
+
+impl AgreementSums {
+    /// No pairs yet, of images of `per` values.
+    pub fn new(per: usize) -> Self {
+        Self {
+            per,
+            pairs: 0,
+            sum: vec![0.0; per],
+            sum_sq: vec![0.0; per],
+            mse: 0.0,
+            psnr: 0.0,
         }
     }
-    mean.iter_mut().for_each(|m| *m /= (2 * n) as f64);
-    let variance = a
-        .chunks_exact(per)
-        .chain(b.chunks_exact(per))
-        .flat_map(|img| img.iter().zip(&mean).map(|(&v, m)| (v as f64 - m).powi(2)))
-        .sum::<f64>()
-        / (2 * n * per) as f64;
-    let mut nmse = 0.0;
-    let mut psnr = 0.0;
-    for (x, y) in a.chunks_exact(per).zip(b.chunks_exact(per)) {
-        let mse = x
-            .iter()
-            .zip(y)
-            .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
-            .sum::<f64>()
-            / per as f64;
-        nmse += mse / (2.0 * variance).max(1e-30);
-        psnr += if mse > 0.0 {
-            (10.0 * (4.0 / mse).log10()).min(100.0)
-        } else {
-            100.0
-        };
+
+    /// Adds the pairs (`a[i]`, `b[i]`).
+    pub fn add(&mut self, a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len(), "paired sets must have the same size");
+        let per = self.per;
+        for img in a.chunks_exact(per).chain(b.chunks_exact(per)) {
+            for ((s, q), &v) in self.sum.iter_mut().zip(&mut self.sum_sq).zip(img) {
+                *s += v as f64;
+                *q += (v as f64).powi(2);
+            }
+        }
+        for (x, y) in a.chunks_exact(per).zip(b.chunks_exact(per)) {
+            let mse = x
+                .iter()
+                .zip(y)
+                .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
+                .sum::<f64>()
+                / per as f64;
+            self.mse += mse;
+            self.psnr += if mse > 0.0 {
+                (10.0 * (4.0 / mse).log10()).min(100.0)
+            } else {
+                100.0
+            };
+            self.pairs += 1;
+        }
     }
-    Agreement {
-        agreement: 1.0 - nmse / n as f64,
-        psnr: psnr / n as f64,
+
+    /// The agreement of every pair added.
+    pub fn finish(&self) -> Agreement {
+        let (n, images) = (self.pairs as f64, 2.0 * self.pairs as f64);
+        // Pooled per-pixel variance around the per-pixel mean of all 2n images.
+        let variance = self
+            .sum
+            .iter()
+            .zip(&self.sum_sq)
+            .map(|(s, q)| (q - s * s / images).max(0.0))
+            .sum::<f64>()
+            / (images * self.per as f64);
+        Agreement {
+            agreement: 1.0 - self.mse / (2.0 * variance).max(1e-30) / n,
+            psnr: self.psnr / n,
+        }
     }
 }
 
@@ -103,46 +140,145 @@ impl Denoiser for Recorder<'_> {
 }
 
 /// One model's samples and the x_0 it predicted along the way, as (t, images).
-pub struct Trajectory {
-    /// Side length of the images.
-    pub size: usize,
+struct Trajectory {
     /// Final samples, `[n, 3, size, size]` flattened.
-    pub images: Vec<f32>,
+    images: Vec<f32>,
     /// Predicted x_0 at recorded steps, highest t first.
-    pub x0: Vec<(usize, Vec<f32>)>,
+    x0: Vec<(usize, Vec<f32>)>,
 }
 
 /// Samples `n` images from `model` with `seed`'s starting and per-step noise, recording the
 /// predicted x_0 at up to about 100 of the sampler's steps.
-pub fn trajectory(
-    model: &UNet,
-    device: &Device,
-    schedule: &NoiseSchedule,
-    prediction: Prediction,
-    sampler: &dyn Sampler,
-    n: usize,
-    seed: u64,
-) -> Trajectory {
-    let steps = sampler.timesteps(schedule).len();
+fn trajectory(model: &TrainedModel, sampler: &dyn Sampler, n: usize, seed: u64) -> Trajectory {
+    let steps = sampler.timesteps(&model.schedule).len();
     let mut recorder = Recorder {
         inner: UNetDenoiser {
-            model,
-            device: device.clone(),
+            model: &model.model,
+            device: model.device.clone(),
             guidance: None,
         },
-        schedule,
-        prediction,
+        schedule: &model.schedule,
+        prediction: model.prediction(),
         every: steps.div_ceil(100).max(1),
         calls: 0,
         x0: Vec::new(),
     };
-    let size = model.resolution();
-    let images = generate_with(&mut recorder, schedule, prediction, sampler, n, seed, size);
-    Trajectory {
+    let size = model.model.resolution();
+    let images = generate_with(
+        &mut recorder,
+        &model.schedule,
+        model.prediction(),
+        sampler,
+        n,
+        seed,
         size,
+    );
+    Trajectory {
         images,
         x0: recorder.x0,
     }
+}
+
+/// Pairs shown in `pairs.png`.
+const SHOWN_PAIRS: usize = 16;
+
+/// What two models drew from the same noise: the report, and the first pairs of final samples.
+pub struct Measured {
+    /// The agreements.
+    pub report: Report,
+    /// Side length of the images.
+    pub size: usize,
+    /// A's first (up to 16) final samples, `[k, 3, size, size]` flattened.
+    pub first_a: Vec<f32>,
+    /// B's, from the same noise.
+    pub first_b: Vec<f32>,
+}
+
+/// Draws `n` images from each of `a` and `b` with the same starting and per-step noise, `batch`
+/// at a time (batch i from [`batch_seed`]`(seed, i)`, so memory is bounded whatever `n`), and
+/// measures how alike they are: the final samples, paired and shifted by one (the chance
+/// level), and the predicted x_0 at up to about 100 of the sampler's steps.
+pub fn measure(
+    a: &TrainedModel,
+    b: &TrainedModel,
+    sampler: &dyn Sampler,
+    n: usize,
+    batch: usize,
+    seed: u64,
+) -> Result<Measured> {
+    ensure!(n >= 2, "consistency needs at least 2 image pairs, got {n}");
+    let size = a.model.resolution();
+    ensure!(
+        b.model.resolution() == size,
+        "{} draws {size}x{size} images and {} {}x{}: the same noise cannot be given to both",
+        a.path.display(),
+        b.path.display(),
+        b.model.resolution(),
+        b.model.resolution()
+    );
+    let per = 3 * size * size;
+    let batch = batch.max(1);
+    let (mut paired, mut shuffled) = (AgreementSums::new(per), AgreementSums::new(per));
+    let mut per_step: Vec<(usize, AgreementSums)> = Vec::new();
+    let (mut first_a, mut first_b) = (Vec::new(), Vec::new());
+    // The shifted pairing a[i] with b[i + 1 mod n] crosses batches: keep A's last image and
+    // B's very first.
+    let (mut last_a, mut b0): (Option<Vec<f32>>, Option<Vec<f32>>) = (None, None);
+    let mut progress = crate::progress::Countdown::new("pairs", n);
+    for i in 0..n.div_ceil(batch) {
+        let count = batch.min(n - i * batch);
+        let ta = trajectory(a, sampler, count, batch_seed(seed, i));
+        let tb = trajectory(b, sampler, count, batch_seed(seed, i));
+        if per_step.is_empty() {
+            per_step = ta
+                .x0
+                .iter()
+                .map(|(t, _)| (*t, AgreementSums::new(per)))
+                .collect();
+        }
+        for ((t, sums), ((ta_t, xa), (tb_t, xb))) in
+            per_step.iter_mut().zip(ta.x0.iter().zip(&tb.x0))
+        {
+            ensure!(
+                t == ta_t && t == tb_t,
+                "the two runs visited different timesteps"
+            );
+            sums.add(xa, xb);
+        }
+        paired.add(&ta.images, &tb.images);
+        if let Some(previous) = last_a.take() {
+            shuffled.add(&previous, &tb.images[..per]);
+        }
+        shuffled.add(&ta.images[..(count - 1) * per], &tb.images[per..]);
+        last_a = Some(ta.images[(count - 1) * per..].to_vec());
+        b0.get_or_insert_with(|| tb.images[..per].to_vec());
+        let keep = SHOWN_PAIRS.saturating_sub(first_a.len() / per).min(count);
+        first_a.extend_from_slice(&ta.images[..keep * per]);
+        first_b.extend_from_slice(&tb.images[..keep * per]);
+        if let Some(line) = progress.update(i * batch + count) {
+            eprintln!("consistency: {line}");
+        }
+    }
+    if let (Some(last), Some(first)) = (last_a, b0) {
+        shuffled.add(&last, &first);
+    }
+    Ok(Measured {
+        report: Report {
+            n,
+            paired: paired.finish(),
+            shuffled: shuffled.finish(),
+            per_step: per_step
+                .into_iter()
+                .map(|(t, sums)| StepAgreement {
+                    t,
+                    agreement: sums.finish(),
+                })
+                .collect(),
+        },
+        size,
+        first_a,
+        first_b,
+    })
 }
 
 /// Agreement of two models' predicted x_0 at one timestep.
@@ -183,42 +319,11 @@ pub struct Setup {
     pub seed: u64,
 }
 
-/// Compares two trajectories drawn from the same noise.
-pub fn compare(a: &Trajectory, b: &Trajectory) -> Result<Report> {
-    let per = 3 * a.size * a.size;
-    ensure!(
-        a.size == b.size && a.images.len() == b.images.len() && a.x0.len() == b.x0.len(),
-        "the two runs differ in size"
-    );
-    let per_step =
-        a.x0.iter()
-            .zip(&b.x0)
-            .map(|((t, xa), (tb, xb))| {
-                ensure!(t == tb, "the two runs visited different timesteps");
-                Ok(StepAgreement {
-                    t: *t,
-                    agreement: agreement(xa, xb, per),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-    Ok(Report {
-        n: a.images.len() / per,
-        paired: agreement(&a.images, &b.images, per),
-        shuffled: agreement(&a.images, &shuffled(&b.images, per), per),
-        per_step,
-    })
-}
-
 /// Writes `consistency.json`, `pairs.png` (A's samples in the first row, B's below, up to 16
 /// pairs) and `agreement.png` (x_0 agreement against t, with the final samples' paired and
 /// chance levels) into `dir`; the JSON also records the `setup`.
-pub fn write(
-    setup: &Setup,
-    report: &Report,
-    a: &Trajectory,
-    b: &Trajectory,
-    dir: &Path,
-) -> Result<Vec<PathBuf>> {
+pub fn write(setup: &Setup, measured: &Measured, dir: &Path) -> Result<Vec<PathBuf>> {
+    let report = &measured.report;
     #[derive(Serialize)]
     struct Record<'a> {
         #[serde(flatten)]
@@ -232,12 +337,10 @@ pub fn write(
         &json,
         format!("{:#}\n", serde_json::to_value(Record { setup, report })?).as_bytes(),
     )?;
-    let per = 3 * a.size * a.size;
-    let k = report.n.min(16);
-    let mut pairs = a.images[..k * per].to_vec();
-    pairs.extend_from_slice(&b.images[..k * per]);
+    let k = measured.first_a.len() / (3 * measured.size * measured.size);
+    let pairs = [measured.first_a.as_slice(), &measured.first_b].concat();
     let grid = dir.join("pairs.png");
-    save_grid_with_columns(&pairs, a.size, k, &grid)?;
+    save_grid_with_columns(&pairs, measured.size, k, &grid)?;
     let level = |name: &str, value: f64| Series {
         name: name.into(),
         points: vec![(0.0, value), (report.per_step[0].t as f64, value)],

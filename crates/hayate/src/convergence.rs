@@ -9,7 +9,8 @@ use crate::config::RunConfig;
 use crate::feature_net::FeatureNetFile;
 use crate::fid::{FeatureExtractor, Reference, dataset_statistics, sample_batches, statistics_of};
 use crate::plot::{Chart, Series};
-use crate::train::{TrainOptions, cache_dir, load_ema, train};
+use crate::sample::TrainedModel;
+use crate::train::{TrainOptions, cache_dir, train};
 use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 use hayate_data::ImageSource;
@@ -386,40 +387,30 @@ impl ConvergenceReport {
 }
 
 /// Scores one checkpoint's EMA: the proxy on `eval_n` samples, Inception on the first of them.
-#[allow(clippy::too_many_arguments)] // each is a separate, necessary input
 fn score(
     bench: &BenchConfig,
-    config: &RunConfig,
     path: &Path,
     features: &FeatureNetFile,
     reference: &Reference,
     inception: Option<&(crate::inception::FidInception, Reference, usize)>,
     device: &Device,
 ) -> Result<Score> {
-    let checkpoint = Checkpoint::load(path)?;
-    let model = load_ema(&checkpoint, device)?;
-    let schedule = config.diffusion.schedule()?;
-    let sampler = Ddim {
-        steps: bench.eval_ddim_steps,
-        eta: 0.0,
-        clip_x0: true,
-    };
+    let trained =
+        TrainedModel::from_checkpoint(path.to_path_buf(), &Checkpoint::load(path)?, device)?;
+    let sampler = Ddim::new(bench.eval_ddim_steps, 0.0);
     let batches: Vec<_> = sample_batches(
-        &model,
-        device,
-        &schedule,
-        config.diffusion.prediction,
+        trained.sampling(),
         &sampler,
         bench.eval_n,
         64,
         bench.eval_seed,
-        config.sampling.cfg_scale,
+        trained.config.sampling.cfg_scale,
     )
     .collect();
-    let stats = statistics_of(features, batches.iter().cloned().map(Ok), usize::MAX)?;
+    let stats = statistics_of(features, batches.iter().cloned().map(Ok), None)?;
     let inception = match inception {
         Some((net, reference, n)) => {
-            let size = model.resolution();
+            let size = trained.model.resolution();
             let per = 3 * size * size;
             let mut left = *n;
             let firsts = batches.iter().filter_map(|(values, shape)| {
@@ -428,13 +419,13 @@ fn score(
                 (take > 0).then(|| Ok((values[..take * per].to_vec(), [take, 3, size, size])))
             });
             let firsts: Vec<_> = firsts.collect();
-            let stats = statistics_of(net, firsts.into_iter(), usize::MAX)?;
+            let stats = statistics_of(net, firsts.into_iter(), None)?;
             Some(reference.distance(&stats))
         }
         None => None,
     };
     Ok(Score {
-        step: checkpoint.step(),
+        step: trained.step,
         proxy: reference.distance(&stats),
         inception,
     })
@@ -594,7 +585,6 @@ pub fn run(
                 }
                 let score = score(
                     bench,
-                    &config,
                     path,
                     &features,
                     &reference,

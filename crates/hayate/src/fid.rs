@@ -301,14 +301,14 @@ impl Statistics {
 }
 
 /// Features of `batches` of images (`[b, 3, h, w]` flattened, in [-1, 1]), summed into
-/// statistics. Prints progress every `report` images.
+/// statistics. With `total` (the images expected), prints progress as it goes.
 pub fn statistics_of(
     net: &dyn FeatureExtractor,
     batches: impl Iterator<Item = Result<(Vec<f32>, [usize; 4])>>,
-    report: usize,
+    total: Option<usize>,
 ) -> Result<Statistics> {
     let mut acc = Accumulator::new(net.dims());
-    let mut next_report = report;
+    let mut progress = total.map(|n| crate::progress::Countdown::new("images", n));
     for batch in batches {
         let (values, shape) = batch?;
         let images = Tensor::<4>::from_data(TensorData::new(values, shape), net.device());
@@ -318,9 +318,8 @@ pub fn statistics_of(
             .try_to_vec::<f32>()
             .map_err(|e| anyhow::anyhow!("reading features: {e:?}"))?;
         acc.add(&features);
-        if acc.len() >= next_report {
-            eprintln!("  features: {} images", acc.len());
-            next_report += report;
+        if let Some(line) = progress.as_mut().and_then(|p| p.update(acc.len())) {
+            eprintln!("  features: {line}");
         }
     }
     acc.finish()
@@ -377,7 +376,7 @@ pub fn dataset_statistics(
         }
         Ok((values, [count, 3, size, size]))
     });
-    let stats = statistics_of(net, batches, 1000)?;
+    let stats = statistics_of(net, batches, Some(n))?;
     stats.save(&path)?;
     Ok(stats)
 }
@@ -386,30 +385,26 @@ pub fn dataset_statistics(
 /// derived from `seed` (so the batch size does not decide which noise is drawn first), rounded
 /// to 8-bit levels: `[b, 3, size, size]` batches. A class-conditional model draws labels
 /// uniformly (from the same seeds) and is guided with `cfg_scale`.
-#[allow(clippy::too_many_arguments)] // each is a separate, necessary choice of the caller
-pub fn sample_batches(
-    model: &hayate_model::UNet,
-    device: &Device,
-    schedule: &hayate_schedule::NoiseSchedule,
-    prediction: hayate_schedule::Prediction,
-    sampler: &dyn hayate_schedule::Sampler,
+pub fn sample_batches<'a>(
+    model: crate::sample::Sampling<'a>,
+    sampler: &'a dyn hayate_schedule::Sampler,
     n: usize,
     batch: usize,
     seed: u64,
     cfg_scale: f64,
-) -> impl Iterator<Item = (Vec<f32>, [usize; 4])> {
-    let size = model.resolution();
+) -> impl Iterator<Item = (Vec<f32>, [usize; 4])> + 'a {
+    let size = model.model.resolution();
+    let classes = model.model.num_classes();
     (0..n.div_ceil(batch)).map(move |i| {
         let count = batch.min(n - i * batch);
-        let batch_seed = seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
-        let guidance = (model.num_classes() > 0).then(|| {
-            crate::sample::Guidance::random(count, model.num_classes(), batch_seed, cfg_scale)
-        });
+        let batch_seed = crate::sample::batch_seed(seed, i);
+        let guidance = (classes > 0)
+            .then(|| crate::sample::Guidance::random(count, classes, batch_seed, cfg_scale));
         let mut values = crate::sample::generate(
-            model,
-            device,
-            schedule,
-            prediction,
+            model.model,
+            model.device,
+            model.schedule,
+            model.prediction,
             sampler,
             count,
             batch_seed,
@@ -460,23 +455,22 @@ impl FidEvaluator {
         prediction: hayate_schedule::Prediction,
         cfg_scale: f64,
     ) -> Result<f64> {
-        let sampler = hayate_schedule::ddim::Ddim {
-            steps: self.config.fid_ddim_steps,
-            eta: 0.0,
-            clip_x0: true,
+        let sampler = self.config.ddim();
+        let model = crate::sample::Sampling {
+            model,
+            device: self.net.device(),
+            schedule,
+            prediction,
         };
         let batches = sample_batches(
             model,
-            self.net.device(),
-            schedule,
-            prediction,
             &sampler,
             self.config.fid_n,
             self.config.fid_batch,
             0,
             cfg_scale,
         );
-        let stats = statistics_of(&self.net, batches.map(Ok), 1000)?;
+        let stats = statistics_of(&self.net, batches.map(Ok), Some(self.config.fid_n))?;
         Ok(self.reference.distance(&stats))
     }
 }

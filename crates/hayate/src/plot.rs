@@ -419,19 +419,30 @@ pub fn run_charts(run_dir: &Path) -> Result<Vec<(&'static str, Chart)>> {
     ];
     let fid = logged(&lines, "fid", "fid");
     if !fid.is_empty() {
-        let sizes: Vec<u64> = lines
-            .iter()
-            .filter(|l| l["event"] == "fid")
-            .filter_map(|l| l["n"].as_u64())
-            .collect();
-        let n = match sizes.windows(2).all(|w| w[0] == w[1]) {
-            true => sizes.first().map_or("?".into(), |n| n.to_string()),
-            false => "mixed".into(),
-        };
+        // The FID lines name their n and their reference set (the run's own training images).
+        let fid_lines = || lines.iter().filter(|l| l["event"] == "fid");
+        let same =
+            |values: Vec<String>, default: &str| match values.windows(2).all(|w| w[0] == w[1]) {
+                true => values.into_iter().next().unwrap_or_else(|| default.into()),
+                false => "mixed".into(),
+            };
+        let n = same(
+            fid_lines()
+                .filter_map(|l| l["n"].as_u64())
+                .map(|n| n.to_string())
+                .collect(),
+            "?",
+        );
+        let reference = same(
+            fid_lines()
+                .filter_map(|l| l["reference"].as_str().map(str::to_owned))
+                .collect(),
+            "the training images",
+        );
         charts.push((
             "fid",
             Chart {
-                title: format!("FID of EMA samples against CIFAR-10 train (n = {n})"),
+                title: format!("FID of EMA samples against {reference} (n = {n})"),
                 x_label: "training step".into(),
                 y_label: "FID".into(),
                 series: vec![Series {
@@ -578,7 +589,7 @@ mod tests {
                 "\n",
                 r#"{"event":"checkpoint","step":20,"loss":0.35}"#,
                 "\n",
-                r#"{"event":"fid","step":20,"fid":80.5,"n":5000}"#,
+                r#"{"event":"fid","step":20,"fid":80.5,"n":5000,"reference":"flowers-64"}"#,
                 "\n"
             ),
         )
@@ -588,7 +599,11 @@ mod tests {
         assert_eq!(loss.series[0].points, vec![(10.0, 0.5), (20.0, 0.2)]);
         let fid = &charts.iter().find(|(n, _)| *n == "fid").unwrap().1;
         assert_eq!(fid.series[0].points, vec![(20.0, 80.5)]);
-        assert!(fid.title.contains("n = 5000"));
+        // Titled with the reference the run logged (an image folder here), not CIFAR-10.
+        assert_eq!(
+            fid.title,
+            "FID of EMA samples against flowers-64 (n = 5000)"
+        );
         let paths = plot_run(dir.path()).unwrap();
         assert_eq!(paths.len(), 5);
         for path in paths {

@@ -8,7 +8,53 @@ use burn::train::renderer::{
     MetricsRendererTraining,
 };
 use std::io::IsTerminal;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Progress through a known number of items as lines like "3000/10000 images (45.2 images/s,
+/// 155 s left)": at most one every few seconds, and always one when the last item is done.
+pub struct Countdown {
+    what: &'static str,
+    total: usize,
+    every: Duration,
+    started: Instant,
+    last: Instant,
+}
+
+impl Countdown {
+    /// Counts `total` items named `what` ("images", "pairs"), from now.
+    pub fn new(what: &'static str, total: usize) -> Self {
+        let now = Instant::now();
+        Self {
+            what,
+            total,
+            every: Duration::from_secs(5),
+            started: now,
+            last: now,
+        }
+    }
+
+    /// The same, with a line at most every `every`.
+    pub fn every(self, every: Duration) -> Self {
+        Self { every, ..self }
+    }
+
+    /// The line to print now that `done` items are done, if one is due.
+    pub fn update(&mut self, done: usize) -> Option<String> {
+        let now = Instant::now();
+        if now - self.last < self.every && done < self.total {
+            return None;
+        }
+        self.last = now;
+        let seconds = (now - self.started).as_secs_f64().max(1e-9);
+        let rate = done as f64 / seconds;
+        let left = self.total.saturating_sub(done) as f64 / rate.max(1e-9);
+        Some(format!(
+            "{done}/{total} {what} ({rate:.1} {what}/s, {left:.0} s left)",
+            total = self.total,
+            what = self.what
+        ))
+    }
+}
 
 /// Burn's renderer for this output: the terminal UI on a terminal, else [`LineRenderer`].
 pub fn renderer(every: usize) -> Option<Box<dyn MetricsRenderer>> {
@@ -127,5 +173,27 @@ impl MetricsRenderer for LineRenderer {
     fn register_metric(&mut self, definition: MetricDefinition) {
         self.names
             .push((definition.metric_id, definition.name.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_countdown_reports_done_rate_and_time_left_and_always_the_end() {
+        let mut quiet = Countdown::new("images", 10);
+        assert_eq!(quiet.update(3), None, "a line before its interval");
+        let end = quiet.update(10).expect("the last item always reports");
+        assert!(
+            end.starts_with("10/10 images (") && end.ends_with(", 0 s left)"),
+            "{end}"
+        );
+        let mut every = Countdown::new("pairs", 8).every(Duration::ZERO);
+        let line = every.update(2).expect("due at once");
+        assert!(
+            line.starts_with("2/8 pairs (") && line.contains(" pairs/s, "),
+            "{line}"
+        );
     }
 }

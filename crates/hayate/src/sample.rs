@@ -1,6 +1,7 @@
 //! Sampling from a trained network and writing image grids.
 
-use crate::checkpoint::write_atomic;
+use crate::checkpoint::{Checkpoint, write_atomic};
+use crate::config::RunConfig;
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use hayate_model::UNet;
@@ -8,7 +9,121 @@ use hayate_schedule::{
     Denoiser, HostRng, NoiseSchedule, Prediction, Sampler, fill_standard_normal,
 };
 use rand::{Rng, SeedableRng};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A run's EMA network on a device with what drawing from it needs (its config and noise
+/// schedule): the one way `hayate sample`, `eval fid`, `consistency` and the convergence
+/// benchmark get from a checkpoint to images.
+pub struct TrainedModel {
+    /// The checkpoint file it was read from.
+    pub path: PathBuf,
+    /// The training step it was saved at.
+    pub step: u64,
+    /// The config it was trained with.
+    pub config: RunConfig,
+    /// Its noise schedule.
+    pub schedule: NoiseSchedule,
+    /// The EMA network.
+    pub model: UNet,
+    /// Where it runs.
+    pub device: Device,
+}
+
+impl TrainedModel {
+    /// The newest checkpoint of `path` (a checkpoint file, or a run folder) that loads.
+    pub fn open(path: &Path, device: &Device) -> Result<Self> {
+        let (path, checkpoint) = Checkpoint::load_newest_valid(path)?;
+        Self::from_checkpoint(path, &checkpoint, device)
+    }
+
+    /// The EMA network of `checkpoint`, read from `path`, on `device`.
+    pub fn from_checkpoint(
+        path: PathBuf,
+        checkpoint: &Checkpoint,
+        device: &Device,
+    ) -> Result<Self> {
+        let config = checkpoint.meta.config.clone();
+        let schedule = config.diffusion.schedule()?;
+        let model = crate::train::load_ema(checkpoint, device)?;
+        Ok(Self {
+            path,
+            step: checkpoint.step(),
+            config,
+            schedule,
+            model,
+            device: device.clone(),
+        })
+    }
+
+    /// What the network predicts (eps, v or x_0).
+    pub fn prediction(&self) -> Prediction {
+        self.config.diffusion.prediction
+    }
+
+    /// The network as the samplers draw from it.
+    pub fn sampling(&self) -> Sampling<'_> {
+        Sampling {
+            model: &self.model,
+            device: &self.device,
+            schedule: &self.schedule,
+            prediction: self.prediction(),
+        }
+    }
+}
+
+/// A network ready to draw from: the network, its device, schedule and prediction.
+#[derive(Clone, Copy)]
+pub struct Sampling<'a> {
+    /// The network.
+    pub model: &'a UNet,
+    /// Its device.
+    pub device: &'a Device,
+    /// Its noise schedule.
+    pub schedule: &'a NoiseSchedule,
+    /// What it predicts.
+    pub prediction: Prediction,
+}
+
+/// The seed of batch `i` of a batched draw from `seed`: each batch has its own noise stream, so
+/// a draw of any size runs in bounded memory and a batch can be redrawn alone.
+pub fn batch_seed(seed: u64, i: usize) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(i as u64)
+}
+
+/// `n` images drawn `batch` at a time (batch i from [`batch_seed`]`(seed, i)`), labels taken in
+/// order from `guidance`; flattened `[n, 3, size, size]` in [-1, 1]. `done` hears the count
+/// drawn after each batch.
+pub fn generate_batched(
+    model: Sampling,
+    sampler: &dyn Sampler,
+    n: usize,
+    batch: usize,
+    seed: u64,
+    guidance: Option<&Guidance>,
+    done: &mut dyn FnMut(usize),
+) -> Vec<f32> {
+    let batch = batch.max(1);
+    let mut images = Vec::new();
+    for i in 0..n.div_ceil(batch) {
+        let range = i * batch..n.min((i + 1) * batch);
+        let labels = guidance.map(|g| Guidance {
+            labels: g.labels[range.clone()].to_vec(),
+            scale: g.scale,
+        });
+        images.extend(generate(
+            model.model,
+            model.device,
+            model.schedule,
+            model.prediction,
+            sampler,
+            range.len(),
+            batch_seed(seed, i),
+            labels.as_ref(),
+        ));
+        done(range.end);
+    }
+    images
+}
 
 /// Class labels for sampling from a class-conditional model, and the classifier-free guidance
 /// scale s: the prediction is eps_uncond + s (eps_cond - eps_uncond), so s = 1 is the plain

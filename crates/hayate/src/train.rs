@@ -26,7 +26,6 @@ use burn::train::{
 };
 use hayate_model::{UNet, UNetConfig};
 use hayate_schedule::NoiseSchedule;
-use hayate_schedule::ddim::Ddim;
 use std::io::{IsTerminal, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -296,6 +295,8 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
         .metric_train_numeric(HostValue::<MeanT>::new("Mean t over T"))
         .metric_train_numeric(HostValue::<Beta1>::new("Beta1"))
         .num_epochs(epochs)
+        // Burn asks for a scheduler checkpointer too; the rate is rebuilt from the step on
+        // resume, so that record is not kept.
         .with_custom_checkpointers(
             Capture::<ModuleRecord>::new(model_slot),
             Capture::new(optim_slot),
@@ -537,11 +538,7 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
     run.report.checkpoint = Some(path.clone());
 
     let sampling = &run.config.sampling;
-    let sampler = Ddim {
-        steps: sampling.ddim_steps,
-        eta: sampling.eta,
-        clip_x0: true,
-    };
+    let sampler = sampling.ddim();
     let images = generate(
         &run.ema.model,
         &run.inner_device,

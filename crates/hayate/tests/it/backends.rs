@@ -17,24 +17,44 @@ use crate::common;
 use burn::prelude::*;
 use hayate::train::{TrainOptions, train};
 
-fn any_wgpu_adapter() -> bool {
-    use burn::tensor::wgpu::wgpu;
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::all(),
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    !pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all())).is_empty()
+/// Whether a WGPU adapter exists; `HAYATE_REQUIRE_WGPU` (set in CI) makes a missing one a
+/// failure instead of a skip.
+fn wgpu_adapter_present() -> bool {
+    if !hayate::backend::adapters().is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("HAYATE_REQUIRE_WGPU").is_none(),
+        "HAYATE_REQUIRE_WGPU is set but no WGPU adapter was found"
+    );
+    eprintln!("skipped: no WGPU adapter (install mesa-vulkan-drivers for software Vulkan)");
+    false
+}
+
+#[test]
+fn the_device_line_names_the_adapter_and_says_when_it_is_software() {
+    use burn::tensor::wgpu::wgpu::DeviceType;
+    if !wgpu_adapter_present() {
+        return;
+    }
+    let (_, line) = hayate::backend::select(hayate::backend::BackendChoice::Wgpu).unwrap();
+    let adapters = hayate::backend::adapters();
+    let adapter = adapters
+        .iter()
+        .find(|a| line.contains(&a.name))
+        .unwrap_or_else(|| panic!("{line:?} names none of {adapters:?}"));
+    assert!(line.contains(&format!("{:?}", adapter.backend)), "{line}");
+    assert_eq!(
+        line.contains("software"),
+        adapter.device_type == DeviceType::Cpu,
+        "{line}"
+    );
 }
 
 #[test]
 fn wgpu_losses_match_the_cpu_backend() {
     // The adapter first: in CI a missing adapter must fail even where the data is missing too.
-    if !any_wgpu_adapter() {
-        assert!(
-            std::env::var_os("HAYATE_REQUIRE_WGPU").is_none(),
-            "HAYATE_REQUIRE_WGPU is set but no WGPU adapter was found"
-        );
-        eprintln!("skipped: no WGPU adapter (install mesa-vulkan-drivers for software Vulkan)");
+    if !wgpu_adapter_present() {
         return;
     }
     let Some(data) = common::shared_cifar10() else {

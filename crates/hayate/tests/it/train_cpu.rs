@@ -4,6 +4,7 @@
 use crate::common;
 
 use burn::prelude::*;
+use clap::Parser;
 use common::{metrics, parameters};
 use hayate::checkpoint::Checkpoint;
 use hayate::train::{TrainOptions, train};
@@ -143,20 +144,25 @@ fn trains_checkpoints_and_resumes_exactly() {
 
     // `hayate sample` writes a grid from the run folder.
     let grid = dir.path().join("grid.png");
-    let cli = hayate::cli::Cli {
-        command: hayate::cli::Command::Sample {
-            checkpoint: straight.clone(),
-            n: 4,
-            sampler: hayate::cli::SamplerChoice::Ddim,
-            steps: 3,
-            eta: 0.0,
-            seed: 1,
-            class: None,
-            cfg_scale: None,
-            out: grid.clone(),
-            backend: hayate::backend::BackendChoice::Cpu,
-        },
-    };
+    let line = [
+        "hayate",
+        "sample",
+        "--n",
+        "4",
+        "--steps",
+        "3",
+        "--seed",
+        "1",
+        "--backend",
+        "cpu",
+    ];
+    let line = line.iter().map(Into::into).chain([
+        "--checkpoint".into(),
+        straight.clone().into_os_string(),
+        "--out".into(),
+        grid.clone().into_os_string(),
+    ]);
+    let cli = hayate::cli::Cli::try_parse_from(line.collect::<Vec<std::ffi::OsString>>()).unwrap();
     hayate::cli::run(cli).unwrap();
     let img = image::open(&grid).unwrap();
     assert_eq!((img.width(), img.height()), (2 * 18 + 2, 2 * 18 + 2));
@@ -350,19 +356,31 @@ fn consistency_compares_models_from_shared_noise() {
     other.train.seed = 12;
     train(&options(other, &b, &data, false), &device).unwrap();
     let compare = |b: &std::path::Path, out: &std::path::Path| -> serde_json::Value {
-        hayate::cli::run(hayate::cli::Cli {
-            command: hayate::cli::Command::Consistency {
-                a: a.clone(),
-                b: b.to_path_buf(),
-                n: 6,
-                sampler: hayate::cli::SamplerChoice::Ddim,
-                steps: 3,
-                seed: 5,
-                out: out.to_path_buf(),
-                backend: hayate::backend::BackendChoice::Cpu,
-            },
-        })
-        .unwrap();
+        // Batches of 4: the shifted (chance) pairing and the per-step sums cross a batch.
+        let line = [
+            "hayate",
+            "consistency",
+            "--n",
+            "6",
+            "--batch",
+            "4",
+            "--steps",
+            "3",
+        ];
+        let line = line.iter().map(Into::into).chain([
+            "--seed".into(),
+            "5".into(),
+            "--backend".into(),
+            "cpu".into(),
+            "--a".into(),
+            a.clone().into_os_string(),
+            "--b".into(),
+            b.as_os_str().to_owned(),
+            "--out".into(),
+            out.as_os_str().to_owned(),
+        ]);
+        let line: Vec<std::ffi::OsString> = line.collect();
+        hayate::cli::run(hayate::cli::Cli::try_parse_from(line).unwrap()).unwrap();
         assert!(out.join("pairs.png").is_file() && out.join("agreement.png").is_file());
         serde_json::from_str(&std::fs::read_to_string(out.join("consistency.json")).unwrap())
             .unwrap()

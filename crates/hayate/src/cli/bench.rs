@@ -1,0 +1,332 @@
+//! `hayate bench`.
+
+use super::flags::{DataArgs, DeviceArgs, default_run_dir};
+use crate::backend::BackendChoice;
+use crate::bench::Throughput;
+use crate::config::RunConfig;
+use anyhow::{Result, bail};
+use burn::prelude::*;
+use clap::Subcommand;
+use hayate_data::Split;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+/// `hayate bench` benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Images per second of full training steps (forward, backward, optimiser, EMA, host-side
+    /// batches) after warm-up, the FLOP rate from the analytic count, peak memory, and sampling
+    /// steps per second; beside PyTorch's figures for the same UNet (benches/torch_throughput.py)
+    /// when PyTorch and diffusers are installed.
+    Throughput(ThroughputArgs),
+    /// The convergence benchmark: trains one small model with each method of the config over
+    /// its seeds on real CIFAR-10, scores samples at fixed steps with the Frechet distance in
+    /// the features of a small CIFAR-10 classifier (and, for some checkpoints, Inception FID, to
+    /// show the two rank alike), and reports each method's speed-up over the baseline. Finished
+    /// runs are kept, so an interrupted benchmark continues where it stopped.
+    Convergence(ConvergenceArgs),
+    /// Trains the convergence benchmark's feature network (a small CIFAR-10 classifier) and
+    /// writes its weights with its test accuracy.
+    FeatureNet(FeatureNetArgs),
+}
+
+impl Command {
+    /// Runs the benchmark.
+    pub fn run(self) -> Result<()> {
+        match self {
+            Self::Throughput(args) => args.run(),
+            Self::Convergence(args) => args.run(),
+            Self::FeatureNet(args) => args.run(),
+        }
+    }
+}
+
+/// `hayate bench throughput`.
+#[derive(Debug, clap::Args)]
+pub struct ThroughputArgs {
+    /// A model preset (its default training settings); or give --config.
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
+    /// An experiment config whose model and training step are measured.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Images per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Timed training steps, run after as many untimed warm-up steps.
+    #[arg(long, default_value_t = 5)]
+    pub steps: u64,
+    /// Timed sampling steps (DDIM), after a warm-up pass.
+    #[arg(long, default_value_t = 5)]
+    pub sample_steps: usize,
+    /// Where to run.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// The Python with torch and diffusers for the comparison ($HAYATE_PYTHON, else python3).
+    #[arg(long)]
+    pub python: Option<String>,
+    /// Skip the PyTorch comparison.
+    #[arg(long)]
+    pub no_torch: bool,
+    /// Also time each phase of a step on its own (host batch, transfer, forward, backward,
+    /// Adam, EMA): where the time goes.
+    #[arg(long)]
+    pub phases: bool,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl ThroughputArgs {
+    /// Measures, prints the figures beside PyTorch's, and writes the JSON if asked.
+    pub fn run(self) -> Result<()> {
+        let (steps, sample_steps, batch) = (self.steps, self.sample_steps, self.batch);
+        if steps == 0 || sample_steps == 0 || batch == 0 {
+            bail!("--batch, --steps and --sample-steps must be positive");
+        }
+        let mut run_config = match (&self.preset, &self.config) {
+            (_, Some(path)) => RunConfig::load(path)?,
+            (Some(p), None) => RunConfig::parse(&format!("[model]\npreset = {p:?}\n"))?,
+            (None, None) => bail!("give --preset or --config"),
+        };
+        run_config.train.batch_size = batch;
+        let name = run_config.model.preset.clone();
+        let (device, why) = self.device.select()?;
+        let ours = crate::bench::throughput(&run_config, steps, sample_steps, &device)?;
+        print_ours(&name, batch, &why, &ours);
+        let mut result = json!({ "hayate": ours, "device": why });
+        if self.phases {
+            self.phases(&run_config, &device, &mut result)?;
+        }
+        if !self.no_torch {
+            self.compare_with_torch(&name, &ours, &mut result);
+        }
+        if let Some(out) = &self.out {
+            crate::checkpoint::write_atomic(out, format!("{result:#}\n").as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Times each phase of a step alone, and one 3x3 convolution, into `result`.
+    fn phases(&self, config: &RunConfig, device: &Device, result: &mut Value) -> Result<()> {
+        let times = crate::bench::phases(config, self.steps as usize, device)?;
+        let total: f64 = times.iter().map(|(_, t)| t).sum();
+        println!("  phases of a step, each timed alone ({total:.3} s in all):");
+        for (name, t) in &times {
+            println!("    {name:<40} {t:>8.4} s  {:>5.1}%", 100.0 * t / total);
+        }
+        result["phases"] = json!(times);
+        let (forward, both) = crate::bench::conv_kernel(self.batch, self.steps as usize, device);
+        println!(
+            "  one 3x3 convolution 128->128 at 32x32, batch {}: forward {forward:.4} s, \
+             forward+backward {both:.4} s",
+            self.batch
+        );
+        result["conv3x3"] = json!({ "forward": forward, "forward_backward": both });
+        Ok(())
+    }
+
+    /// PyTorch's figures for the same network, where it runs, and the ratios, into `result`.
+    fn compare_with_torch(&self, name: &str, ours: &Throughput, result: &mut Value) {
+        let python = self
+            .python
+            .clone()
+            .or_else(|| std::env::var("HAYATE_PYTHON").ok())
+            .unwrap_or_else(|| "python3".into());
+        let script = [
+            "benches/torch_throughput.py",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../benches/torch_throughput.py"
+            ),
+        ]
+        .map(PathBuf::from)
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("benches/torch_throughput.py"));
+        // PyTorch runs where hayate ran: the CPU, or the GPU through CUDA.
+        let on_gpu =
+            self.device.backend != BackendChoice::Cpu && crate::backend::hardware_gpu().is_some();
+        let torch_device = if on_gpu { "cuda" } else { "cpu" };
+        let torch = crate::bench::torch_throughput(
+            &python,
+            &script,
+            name,
+            self.batch,
+            self.steps,
+            self.sample_steps,
+            torch_device,
+        );
+        match torch {
+            Ok(torch) => {
+                print_ratios(ours, &torch, result);
+                result["torch"] = torch;
+            }
+            Err(why) => println!("PyTorch comparison skipped: {why}"),
+        }
+    }
+}
+
+/// hayate's own figures.
+fn print_ours(name: &str, batch: usize, why: &str, ours: &Throughput) {
+    println!(
+        "hayate: {name} ({} parameters), batch {batch}, on {why}",
+        ours.params
+    );
+    let memory = ours.peak_rss_bytes.map_or("not reported".into(), |b| {
+        format!("{:.2} GB", b as f64 / 1e9)
+    });
+    println!(
+        "  training: {:.2} img/s ({:.3} s/step, {:.2} GFLOP/s); sampling: {:.2} image-steps/s; \
+         peak RSS {memory}",
+        ours.train_images_per_second,
+        batch as f64 / ours.train_images_per_second,
+        ours.train_flops / 1e9,
+        ours.sample_image_steps_per_second,
+    );
+}
+
+/// PyTorch's figures and hayate's ratio to them, measured in the same run.
+fn print_ratios(ours: &Throughput, torch: &Value, result: &Value) {
+    let rate = |key: &str| torch[key].as_f64().unwrap_or(f64::NAN);
+    let (train, sample) = (
+        rate("train_images_per_second"),
+        rate("sample_image_steps_per_second"),
+    );
+    println!(
+        "PyTorch {} on {} ({} parameters): training {train:.2} img/s; sampling {sample:.2} \
+         image-steps/s",
+        torch["torch"], torch["device"], torch["params"]
+    );
+    println!(
+        "hayate / PyTorch: training {:.3}x, sampling {:.3}x",
+        ours.train_images_per_second / train,
+        ours.sample_image_steps_per_second / sample
+    );
+    if let (Some(ours), Some(theirs)) = (result.get("conv3x3"), torch.get("conv3x3")) {
+        let t = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "3x3 convolution, PyTorch / hayate time: forward {:.3}x, forward+backward {:.3}x",
+            t(theirs, "forward") / t(ours, "forward"),
+            t(theirs, "forward_backward") / t(ours, "forward_backward")
+        );
+    }
+}
+
+/// `hayate bench convergence`.
+#[derive(Debug, clap::Args)]
+pub struct ConvergenceArgs {
+    /// The benchmark (experiments/bench-*.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Where the images come from.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Where results, the table and the plot go (default runs/<config name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where the trained runs are kept (default OUT/runs); give two benchmarks the same folder
+    /// to share the runs they have in common (same method name, seed and settings).
+    #[arg(long)]
+    pub runs: Option<PathBuf>,
+    /// Skip the Inception FID check of the proxy metric.
+    #[arg(long)]
+    pub no_inception: bool,
+    /// FID's Inception weights (else $HAYATE_INCEPTION_WEIGHTS, else the cached download).
+    #[arg(long)]
+    pub inception_weights: Option<PathBuf>,
+    /// Where to run.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl ConvergenceArgs {
+    /// Runs (or continues) the benchmark and prints its table.
+    pub fn run(self) -> Result<()> {
+        let bench = crate::convergence::BenchConfig::load(&self.config)?;
+        let out = self.out.unwrap_or_else(|| default_run_dir(&self.config));
+        let (device, _) = self.device.select()?;
+        let report = crate::convergence::run(
+            &bench,
+            &crate::convergence::BenchOptions {
+                data_dir: self.data.data_dir,
+                out: out.clone(),
+                runs: self.runs,
+                inception: !self.no_inception,
+                inception_weights: self.inception_weights,
+            },
+            &device,
+        )?;
+        println!("{}", report.table());
+        println!("results, table and plot in {}", out.display());
+        Ok(())
+    }
+}
+
+/// `hayate bench feature-net`.
+#[derive(Debug, clap::Args)]
+pub struct FeatureNetArgs {
+    /// Where the images come from.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Image side: 32, or 16 / 8 (CIFAR-10 averaged over blocks).
+    #[arg(long, default_value_t = 16)]
+    pub resolution: usize,
+    /// Passes over the training images.
+    #[arg(long, default_value_t = 15)]
+    pub epochs: usize,
+    /// Seed of the initialisation, shuffling and flips.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The weights file to write.
+    #[arg(long, default_value = "benches/cifar10-16-features.hfn")]
+    pub out: PathBuf,
+    /// Where to run.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl FeatureNetArgs {
+    /// Trains the classifier and writes its weights with its test accuracy.
+    pub fn run(self) -> Result<()> {
+        if ![32, 16, 8].contains(&self.resolution) {
+            bail!("--resolution must be 32, 16 or 8");
+        }
+        let (device, _) = self.device.select()?;
+        let cache = crate::train::cache_dir();
+        let open = |split| {
+            let dir = self.data.data_dir.as_deref();
+            crate::dataset::cifar10_images(dir, split, self.resolution, &cache)
+        };
+        let (train_images, test_images) = (open(Split::Train)?, open(Split::Test)?);
+        eprintln!("training on {}", train_images.describe());
+        let settings = crate::feature_net::FeatureNetTraining {
+            epochs: self.epochs,
+            seed: self.seed,
+            ..Default::default()
+        };
+        let start = std::time::Instant::now();
+        let epochs = self.epochs;
+        let file = crate::feature_net::train_feature_net(
+            train_images.as_ref(),
+            test_images.as_ref(),
+            &settings,
+            &device,
+            |epoch, loss| {
+                eprintln!(
+                    "epoch {epoch}/{epochs}: loss {loss:.4} ({:.0} s)",
+                    start.elapsed().as_secs_f64()
+                )
+            },
+        )?;
+        file.save(&self.out)?;
+        println!(
+            "wrote {}: test accuracy {:.2}% on {} CIFAR-10 test images, trained in {:.0} s",
+            self.out.display(),
+            100.0 * file.info.test_accuracy,
+            file.info.test_images,
+            start.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}

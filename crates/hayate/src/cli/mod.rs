@@ -1,0 +1,128 @@
+//! The command line: one module per subcommand, each a clap `Args` struct with its own `run`,
+//! and the flag groups several share (device, data, sampler) declared once in [`flags`] and
+//! flattened in. Parsing and checking flags happens here; the work is the library's.
+
+pub mod bench;
+pub mod consistency;
+pub mod eval;
+pub mod flags;
+pub mod info;
+pub mod plot;
+pub mod prepare;
+pub mod sample;
+pub mod schedule;
+pub mod train;
+
+pub use flags::{DataArgs, DeviceArgs, SamplerArgs, SamplerChoice};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// hayate: train image diffusion models fast, on any GPU Burn's WGPU backend reaches.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model from a TOML config.
+    Train(train::Args),
+    /// Write a grid of samples from a checkpoint's EMA weights.
+    Sample(sample::Args),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::Command),
+    /// Evaluate a model or an image set.
+    #[command(subcommand)]
+    Eval(eval::Command),
+    /// Two models, the same starting and per-step noise: how alike are their samples, and
+    /// their predictions of x_0 along the way? (The consistency phenomenon.)
+    Consistency(consistency::Args),
+    /// Look at a config's schedules before training with it.
+    #[command(subcommand)]
+    Schedule(schedule::Command),
+    /// Pack an image folder into a prepared file that training reads without decoding.
+    #[command(subcommand)]
+    Prepare(prepare::Command),
+    /// Redraw a run's charts (loss, lr, beta1, mean t/T against step) into RUN_DIR/plots.
+    Plot(plot::Args),
+    /// Print a config's parameter count, FLOPs and resolved settings.
+    Info(info::Args),
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(args) => args.run(),
+        Command::Sample(args) => args.run(),
+        Command::Bench(command) => command.run(),
+        Command::Eval(command) => command.run(),
+        Command::Consistency(args) => args.run(),
+        Command::Schedule(command) => command.run(),
+        Command::Prepare(command) => command.run(),
+        Command::Plot(args) => args.run(),
+        Command::Info(args) => args.run(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendChoice;
+
+    #[test]
+    fn command_line_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "hayate",
+            "train",
+            "--config",
+            "x.toml",
+            "--backend",
+            "cpu",
+            "--steps",
+            "5",
+            "--seed",
+            "2",
+            "--resume",
+        ])
+        .unwrap();
+        let Command::Train(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(args.device.backend, BackendChoice::Cpu);
+        assert_eq!(
+            (args.steps, args.seed, args.resume),
+            (Some(5), Some(2), true)
+        );
+        assert!(Cli::try_parse_from(["hayate", "sample", "--sampler", "euler"]).is_err());
+        // The shared groups parse the same way in every subcommand that flattens them.
+        let heads: [&[&str]; 3] = [
+            &["sample", "--checkpoint", "r"],
+            &["consistency", "--a", "r", "--b", "s"],
+            &["eval", "fid", "--checkpoint", "r"],
+        ];
+        for head in heads {
+            let line: Vec<&str> = std::iter::once("hayate")
+                .chain(head.iter().copied())
+                .chain(["--steps", "7", "--eta", "0.5"])
+                .collect();
+            let cli = Cli::try_parse_from(&line).unwrap();
+            let sampler = match cli.command {
+                Command::Sample(a) => a.sampler,
+                Command::Consistency(a) => a.sampler,
+                Command::Eval(eval::Command::Fid(a)) => a.sampler,
+                other => panic!("{line:?} parsed as {other:?}"),
+            };
+            assert_eq!(
+                (sampler.steps, sampler.eta),
+                (Some(7), Some(0.5)),
+                "{line:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! `hayate schedule`.
+
+use crate::config::RunConfig;
+use anyhow::Result;
+use clap::Subcommand;
+use std::path::PathBuf;
+
+/// `hayate schedule` actions.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write PNG charts of p_k(t) at several steps k, the loss weight w(t), beta1(k) and lr(k).
+    Plot {
+        /// The experiment config.
+        #[arg(long)]
+        config: PathBuf,
+        /// The folder the charts go to.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+impl Command {
+    /// Writes the charts.
+    pub fn run(self) -> Result<()> {
+        let Self::Plot { config, out } = self;
+        let run_config = RunConfig::load(&config)?;
+        run_config.validate()?;
+        let charts = crate::plot::schedule_charts(&run_config)?;
+        for path in crate::plot::save_all(&charts, &out)? {
+            println!("wrote {}", path.display());
+        }
+        Ok(())
+    }
+}
