@@ -1,7 +1,6 @@
 //! CIFAR-10 in the official binary format (`cifar-10-batches-bin`).
 
 use crate::{DataError, ImageSource};
-use burn::data::dataset::Dataset;
 use std::path::{Path, PathBuf};
 
 /// Bytes of one image: 3 planes (R, G, B) of 32x32, row-major.
@@ -50,15 +49,6 @@ impl Split {
             Split::Test => "test",
         }
     }
-}
-
-/// One CIFAR-10 image and its label.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CifarImage {
-    /// Planar RGB bytes, `[3, 32, 32]`.
-    pub pixels: Vec<u8>,
-    /// Class index, 0 to 9.
-    pub label: u8,
 }
 
 /// A CIFAR-10 split held in memory (at most 150 MB for the full training set).
@@ -164,26 +154,6 @@ fn read_batch_file(path: &Path) -> Result<Vec<u8>, DataError> {
     Ok(bytes)
 }
 
-impl Dataset<CifarImage, DataError> for Cifar10 {
-    fn get(&self, index: usize) -> Result<CifarImage, DataError> {
-        if index >= self.len() {
-            return Err(DataError::OutOfRange {
-                index,
-                len: self.len(),
-            });
-        }
-        let (pixels, label) = self.image(index);
-        Ok(CifarImage {
-            pixels: pixels.to_vec(),
-            label,
-        })
-    }
-
-    fn len(&self) -> usize {
-        Cifar10::len(self)
-    }
-}
-
 impl ImageSource for Cifar10 {
     fn len(&self) -> usize {
         Cifar10::len(self)
@@ -250,12 +220,12 @@ mod tests {
             .map(|p| p.file_name().unwrap())
             .collect();
         assert_eq!(names, ["data_batch_1.bin", "data_batch_4.bin"]);
-        let item = train.get(1).unwrap();
-        assert_eq!(item.label, 7);
-        assert_eq!(item.pixels[0], 1);
-        assert_eq!(train.get(2).unwrap().label, 9);
+        let mut pixels = vec![0u8; IMAGE_BYTES];
+        assert_eq!(train.read(1, &mut pixels).unwrap(), 7);
+        assert_eq!(pixels[0], 1);
+        assert_eq!(train.read(2, &mut pixels).unwrap(), 9);
         assert!(matches!(
-            train.get(3),
+            train.read(3, &mut pixels),
             Err(DataError::OutOfRange { index: 3, len: 3 })
         ));
         assert_eq!(Cifar10::open(dir.path(), Split::Test).unwrap().len(), 1);
@@ -344,8 +314,9 @@ mod tests {
             std::fs::write(dir.path().join("data_batch_1.bin"), &bytes).unwrap();
             if let Ok(data) = Cifar10::open(dir.path(), Split::Train) {
                 proptest::prop_assert_eq!(data.len(), records);
+                let mut pixels = vec![0u8; IMAGE_BYTES];
                 for i in 0..data.len() {
-                    proptest::prop_assert!(data.get(i).unwrap().label < 10);
+                    proptest::prop_assert!(data.read(i, &mut pixels).unwrap() < 10);
                 }
             }
         }

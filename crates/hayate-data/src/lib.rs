@@ -1,6 +1,6 @@
 //! Datasets for hayate: CIFAR-10 (official binary format, local folder or download), image
-//! folders (the ImageNet layout) and their prepared, packed form, and the glue that turns images
-//! into Burn tensors in [-1, 1].
+//! folders (the ImageNet layout) and their prepared, packed form, and image bytes as floats in
+//! [-1, 1]. Independent of Burn: training and evaluation put the floats on their devices.
 
 mod batch;
 mod cifar10;
@@ -10,8 +10,8 @@ mod error;
 mod folder;
 mod prepared;
 
-pub use batch::{ImageBatcher, Sample, image_to_unit_range};
-pub use cifar10::{CIFAR10_CLASSES, Cifar10, CifarImage, IMAGE_BYTES, RECORD_BYTES, Split};
+pub use batch::image_to_unit_range;
+pub use cifar10::{CIFAR10_CLASSES, Cifar10, IMAGE_BYTES, RECORD_BYTES, Split};
 pub use download::{
     CIFAR10_ARCHIVE_MD5, CIFAR10_URL, cifar10_dir, download_cifar10, extract_cifar10, fetch,
 };

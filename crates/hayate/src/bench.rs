@@ -167,7 +167,6 @@ pub fn phases(config: &RunConfig, steps: usize, device: &Device) -> Result<Vec<(
     use crate::batches::{BatchSource, SourceState};
     use crate::ema::Ema;
     use crate::step::DenoisingModel;
-    use burn::optim::GradientsParams;
 
     let unet = config.model.resolve()?;
     let train_device = device.clone().autodiff();
@@ -211,10 +210,7 @@ pub fn phases(config: &RunConfig, steps: usize, device: &Device) -> Result<Vec<(
         let loss = model.loss(&on_device);
         drain(loss.clone().without_autodiff());
         lap(2, &mut times);
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        if model.grad_clip > 0.0 {
-            crate::step::clip_global_norm(&model, &mut grads, model.grad_clip);
-        }
+        let grads = model.gradients(&loss);
         drain(grads_probe(&model, &grads));
         lap(3, &mut times);
         model = optim.step(1e-4, model, grads);

@@ -46,6 +46,21 @@ pub struct DenoisingOutput {
 }
 
 impl DenoisingModel {
+    /// The gradients of `loss` (one backward pass), clipped by their global norm: the backward
+    /// half of every training step, one device or several, and of the benchmark's timed phases.
+    pub fn gradients(&self, loss: &Tensor<1>) -> GradientsParams {
+        let mut grads = GradientsParams::from_grads(loss.backward(), self);
+        self.clip(&mut grads);
+        grads
+    }
+
+    /// Clips `grads` (this model's) by their global norm when `grad_clip` is set.
+    pub fn clip(&self, grads: &mut GradientsParams) {
+        if self.grad_clip > 0.0 {
+            clip_global_norm(self, grads, self.grad_clip);
+        }
+    }
+
     /// Each sample's squared error, averaged over its pixels, times its weight; averaged over
     /// the batch.
     pub fn loss(&self, batch: &DenoisingBatch) -> Tensor<1> {
@@ -139,9 +154,7 @@ impl DenoisingModel {
             });
         }
         let mut grads = accumulator.grads();
-        if self.grad_clip > 0.0 {
-            clip_global_norm(self, &mut grads, self.grad_clip);
-        }
+        self.clip(&mut grads);
         TrainOutput {
             grads,
             item: DenoisingOutput {
@@ -161,10 +174,7 @@ impl TrainStep for DenoisingModel {
     fn step(&self, batch: DenoisingBatch) -> TrainOutput<DenoisingOutput> {
         let loss = self.loss(&batch);
         let images = batch.t.dims()[0];
-        let mut grads = GradientsParams::from_grads(loss.backward(), self);
-        if self.grad_clip > 0.0 {
-            clip_global_norm(self, &mut grads, self.grad_clip);
-        }
+        let grads = self.gradients(&loss);
         TrainOutput {
             grads,
             item: DenoisingOutput {
