@@ -19,6 +19,7 @@ pub mod metric;
 pub mod optim;
 pub mod plot;
 pub mod progress;
+pub mod run_dir;
 pub mod sample;
 pub mod step;
 pub mod train;

@@ -352,16 +352,6 @@ pub fn schedule_charts(config: &RunConfig) -> Result<Vec<(&'static str, Chart)>>
     ])
 }
 
-/// The run folder's metrics log.
-pub fn metrics_path(run_dir: &Path) -> PathBuf {
-    run_dir.join("metrics.jsonl")
-}
-
-/// The folder the run's charts go to.
-pub fn plots_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join("plots")
-}
-
 /// The numeric `field` of every `event` line of a metrics log, as (step, value).
 fn logged(lines: &[serde_json::Value], event: &str, field: &str) -> Vec<(f64, f64)> {
     lines
@@ -373,7 +363,7 @@ fn logged(lines: &[serde_json::Value], event: &str, field: &str) -> Vec<(f64, f6
 
 /// Charts of a run's logged curves: loss, learning rate, beta1 and mean t/T against step.
 pub fn run_charts(run_dir: &Path) -> Result<Vec<(&'static str, Chart)>> {
-    let path = metrics_path(run_dir);
+    let path = crate::run_dir::metrics_path(run_dir);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let lines = text
@@ -461,7 +451,7 @@ pub fn run_charts(run_dir: &Path) -> Result<Vec<(&'static str, Chart)>> {
 
 /// Redraws a run's charts into its `plots/` folder and returns their paths.
 pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
-    save_all(&run_charts(run_dir)?, &plots_dir(run_dir))
+    save_all(&run_charts(run_dir)?, &crate::run_dir::plots_dir(run_dir))
 }
 
 #[cfg(test)]
@@ -579,7 +569,7 @@ mod tests {
     #[test]
     fn run_charts_read_the_log_lines_and_name_a_bad_file() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = metrics_path(dir.path());
+        let metrics = crate::run_dir::metrics_path(dir.path());
         std::fs::write(
             &metrics,
             concat!(

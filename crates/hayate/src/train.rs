@@ -7,6 +7,7 @@ use crate::checkpoint::{Checkpoint, CheckpointMeta, write_atomic};
 use crate::config::RunConfig;
 use crate::ema::Ema;
 use crate::metric::{Beta1, HostValue, ImagesPerSecond, MeanT};
+use crate::run_dir::{self, Event};
 use crate::sample::{Guidance, generate, save_grid};
 use crate::step::DenoisingModel;
 use anyhow::{Context, Result, bail};
@@ -26,7 +27,7 @@ use burn::train::{
 };
 use hayate_model::{UNet, UNetConfig};
 use hayate_schedule::NoiseSchedule;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -132,7 +133,7 @@ pub fn load_ema(checkpoint: &Checkpoint, device: &Device) -> Result<UNet> {
 pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
     let config = &options.config;
     let out = &options.out;
-    std::fs::create_dir_all(out.join("samples"))
+    std::fs::create_dir_all(run_dir::samples_dir(out))
         .with_context(|| format!("cannot create run folder {}", out.display()))?;
 
     for warning in config.warnings() {
@@ -155,16 +156,15 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
             path.display(),
             checkpoint.step()
         );
-        forget_metrics_after(out, checkpoint.step())?;
+        run_dir::forget_after(out, checkpoint.step())?;
         if !changes.is_empty() {
             eprintln!("config changed on resume: {}", changes.join("; "));
-            append_metrics(
+            run_dir::append(
                 out,
-                &serde_json::json!({
-                    "event": "config_change",
-                    "step": checkpoint.step(),
-                    "changes": changes,
-                }),
+                &Event::ConfigChange {
+                    step: checkpoint.step(),
+                    changes,
+                },
             )?;
         }
         Some((path, checkpoint))
@@ -176,10 +176,10 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
             );
         }
         // Lines of an earlier attempt that died before its first checkpoint.
-        forget_metrics_after(out, 0)?;
+        run_dir::forget_after(out, 0)?;
         None
     };
-    write_atomic(&out.join("config.toml"), config.to_toml().as_bytes())?;
+    write_atomic(&run_dir::config_path(out), config.to_toml().as_bytes())?;
 
     if options.devices.len() > config.train.batch_size {
         bail!(
@@ -430,7 +430,7 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                 let logged = checked.and_then(|()| {
                     if log_now {
                         let line = window.take_line(step, learner.lr_current().base());
-                        append_metrics(&run.out, &line)
+                        run_dir::append(&run.out, &line)
                     } else {
                         Ok(())
                     }
@@ -549,19 +549,22 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
         run.config.train.seed,
         Guidance::for_grid(&run.ema.model, sampling.grid_images, sampling.cfg_scale).as_ref(),
     );
-    let grid = run.out.join("samples").join(format!("step-{step:09}.png"));
+    let grid = run_dir::grid_path(&run.out, step);
     save_grid(&images, run.ema.model.resolution(), &grid)?;
 
-    let line = serde_json::json!({
-        "event": "checkpoint",
-        "step": step,
-        "loss": mean_loss,
-        "ema_decay": run.ema.decay_at(step.saturating_sub(1)),
-        "images_per_second": run.report.images_per_second,
-        "checkpoint": path.file_name().map(|n| n.to_string_lossy().to_string()),
-        "grid": grid.strip_prefix(&run.out).unwrap_or(&grid).display().to_string(),
-    });
-    append_metrics(&run.out, &line)?;
+    let line = Event::Checkpoint {
+        step,
+        loss: mean_loss,
+        ema_decay: run.ema.decay_at(step.saturating_sub(1)),
+        images_per_second: run.report.images_per_second,
+        checkpoint: path.file_name().map(|n| n.to_string_lossy().to_string()),
+        grid: grid
+            .strip_prefix(&run.out)
+            .unwrap_or(&grid)
+            .display()
+            .to_string(),
+    };
+    run_dir::append(&run.out, &line)?;
     let eval = &run.config.eval;
     if eval.fid_every > 0 && step.is_multiple_of(eval.fid_every) {
         if run.fid.is_none() {
@@ -580,16 +583,15 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
             run.config.sampling.cfg_scale,
         )?;
         eprintln!("step {step}: FID {fid:.3} (n = {})", eval.fid_n);
-        append_metrics(
+        run_dir::append(
             &run.out,
-            &serde_json::json!({
-                "event": "fid",
-                "step": step,
-                "fid": fid,
-                "n": eval.fid_n,
-                "reference": run.dataset.name(),
-                "ddim_steps": eval.fid_ddim_steps,
-            }),
+            &Event::Fid {
+                step,
+                fid,
+                n: eval.fid_n,
+                reference: run.dataset.name(),
+                ddim_steps: eval.fid_ddim_steps,
+            },
         )?;
     }
     // The charts are a view of metrics.jsonl; failing to draw them must not stop training.
@@ -631,18 +633,16 @@ impl LogWindow {
 
     /// The window's `log` line (mean loss and mean t/T over its steps; beta1 and `lr` of its
     /// last step), emptying the window.
-    fn take_line(&mut self, step: u64, lr: f64) -> serde_json::Value {
+    fn take_line(&mut self, step: u64, lr: f64) -> Event {
         let window = std::mem::take(self);
         let n = window.steps.max(1) as f64;
-        let loss = window.loss / window.losses.max(1) as f64;
-        serde_json::json!({
-            "event": "log",
-            "step": step,
-            "loss": loss,
-            "lr": lr,
-            "beta1": window.beta1,
-            "mean_t_over_T": window.mean_t / n,
-        })
+        Event::Log {
+            step,
+            loss: window.loss / window.losses.max(1) as f64,
+            lr,
+            beta1: window.beta1,
+            mean_t_over_t: window.mean_t / n,
+        }
     }
 }
 
@@ -676,40 +676,6 @@ fn finite_loss(step: u64, loss: Tensor<1>, last_good: Option<&Path>) -> Result<f
         None => "no checkpoint had been written yet".into(),
     };
     bail!("the loss at step {step} is {value}: training stopped there; {kept}")
-}
-
-/// Appends one JSON line to the run's metrics.jsonl.
-fn append_metrics(out: &Path, line: &serde_json::Value) -> Result<()> {
-    let metrics = crate::plot::metrics_path(out);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics)
-        .with_context(|| format!("cannot open {}", metrics.display()))?;
-    writeln!(file, "{line}").with_context(|| format!("cannot write {}", metrics.display()))
-}
-
-/// Drops the metrics lines of steps after `step` (logged by a run that stopped before its next
-/// checkpoint), so a resumed run's log reads as if it had never stopped.
-fn forget_metrics_after(out: &Path, step: u64) -> Result<()> {
-    let metrics = crate::plot::metrics_path(out);
-    let Ok(text) = std::fs::read_to_string(&metrics) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step)
-        })
-        .flat_map(|l| [l, "\n"])
-        .collect();
-    if kept.len() != text.len() {
-        write_atomic(&metrics, kept.as_bytes())?;
-    }
-    Ok(())
 }
 
 /// Save on every "epoch" (checkpoint interval); hayate prunes old checkpoints itself.
