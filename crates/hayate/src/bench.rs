@@ -2,7 +2,7 @@
 //! the FLOP rate they imply, peak memory, and the same figures from PyTorch on the same machine.
 
 use crate::config::RunConfig;
-use crate::sample::generate;
+use crate::sample::{Sampling, generate};
 use crate::train::{TrainOptions, count_params, init_unet, train};
 use anyhow::{Context, Result};
 use burn::prelude::*;
@@ -135,16 +135,13 @@ pub fn throughput(
     let schedule = config.diffusion.schedule()?;
     let sampler = Ddim::new(sample_steps.clamp(1, schedule.steps()), 0.0);
     let run = || {
-        generate(
-            &model,
+        let model = Sampling {
+            model: &model,
             device,
-            &schedule,
-            config.diffusion.prediction,
-            &sampler,
-            batch,
-            0,
-            None,
-        )
+            schedule: &schedule,
+            prediction: config.diffusion.prediction,
+        };
+        generate(model, &sampler, batch, 0, None)
     };
     run(); // warm-up: kernel compilation and autotuning
     let started = Instant::now();

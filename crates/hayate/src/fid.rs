@@ -400,16 +400,8 @@ pub fn sample_batches<'a>(
         let batch_seed = crate::sample::batch_seed(seed, i);
         let guidance = (classes > 0)
             .then(|| crate::sample::Guidance::random(count, classes, batch_seed, cfg_scale));
-        let mut values = crate::sample::generate(
-            model.model,
-            model.device,
-            model.schedule,
-            model.prediction,
-            sampler,
-            count,
-            batch_seed,
-            guidance.as_ref(),
-        );
+        let mut values =
+            crate::sample::generate(model, sampler, count, batch_seed, guidance.as_ref());
         quantize(&mut values);
         (values, [count, 3, size, size])
     })

@@ -111,10 +111,7 @@ pub fn generate_batched(
             scale: g.scale,
         });
         images.extend(generate(
-            model.model,
-            model.device,
-            model.schedule,
-            model.prediction,
+            model,
             sampler,
             range.len(),
             batch_seed(seed, i),
@@ -226,24 +223,28 @@ impl Denoiser for UNetDenoiser<'_> {
 /// Draws `n` images with `sampler`, starting noise and per-step noise from one seeded stream,
 /// with the labels and guidance of `guidance` for a class-conditional model. Returns them
 /// flattened `[n, 3, size, size]` in [-1, 1].
-#[allow(clippy::too_many_arguments)] // each is a separate, necessary choice of the caller
 pub fn generate(
-    model: &UNet,
-    device: &Device,
-    schedule: &NoiseSchedule,
-    prediction: Prediction,
+    model: Sampling,
     sampler: &dyn Sampler,
     n: usize,
     seed: u64,
     guidance: Option<&Guidance>,
 ) -> Vec<f32> {
     let mut denoiser = UNetDenoiser {
-        model,
-        device: device.clone(),
+        model: model.model,
+        device: model.device.clone(),
         guidance,
     };
-    let size = model.resolution();
-    generate_with(&mut denoiser, schedule, prediction, sampler, n, seed, size)
+    let size = model.model.resolution();
+    generate_with(
+        &mut denoiser,
+        model.schedule,
+        model.prediction,
+        sampler,
+        n,
+        seed,
+        size,
+    )
 }
 
 /// [`generate`] with any denoiser (one that also records what it sees, say).

@@ -8,7 +8,7 @@ use crate::config::RunConfig;
 use crate::ema::Ema;
 use crate::metric::{Beta1, HostValue, ImagesPerSecond, MeanT};
 use crate::run_dir::{self, Event};
-use crate::sample::{Guidance, generate, save_grid};
+use crate::sample::{Guidance, Sampling, generate, save_grid};
 use crate::step::DenoisingModel;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
@@ -539,11 +539,14 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
 
     let sampling = &run.config.sampling;
     let sampler = sampling.ddim();
+    let model = Sampling {
+        model: &run.ema.model,
+        device: &run.inner_device,
+        schedule: &run.schedule,
+        prediction: run.config.diffusion.prediction,
+    };
     let images = generate(
-        &run.ema.model,
-        &run.inner_device,
-        &run.schedule,
-        run.config.diffusion.prediction,
+        model,
         &sampler,
         sampling.grid_images,
         run.config.train.seed,
