@@ -88,6 +88,12 @@ impl ImageSet {
     }
 }
 
+/// What is compared with the reference: a model's samples, or an image set.
+enum Compared<'a> {
+    Samples(&'a Path),
+    Images(ImageSet),
+}
+
 /// One side of the comparison: its name as reported, and its statistics.
 struct Side {
     name: String,
@@ -100,28 +106,30 @@ impl FidArgs {
         if self.n < 2 || self.batch == 0 {
             bail!("--n must be at least 2 and --batch positive");
         }
-        if self.checkpoint.is_none() && self.images.is_none() {
-            bail!("give --checkpoint or --images");
-        }
+        let compared = match (&self.checkpoint, self.images) {
+            (Some(path), _) => Compared::Samples(path),
+            (None, Some(set)) => Compared::Images(set),
+            (None, None) => bail!("give --checkpoint or --images"),
+        };
         let cache = crate::train::cache_dir();
         let weights = crate::fid::inception_weights(self.inception_weights.as_deref(), &cache)?;
         let (device, _) = self.device.select()?;
         eprintln!("Inception weights {}", weights.display());
         let net = FidInception::load(&weights, &device)?;
-        let trained = self
-            .checkpoint
-            .as_ref()
-            .map(|c| TrainedModel::open(c, &device))
-            .transpose()?;
-        // A model's samples are compared with the images at its own resolution (CIFAR-10
-        // averaged down for a 16x16 model), as the FID logged in training is.
-        let resolution = trained.as_ref().map_or(32, |t| t.model.resolution());
-        let reference = self.reference_side(&net, resolution, &cache)?;
-        let (subject, drawn) = match &trained {
-            Some(trained) => self.sample_side(&net, trained)?,
-            None => {
-                let set = self.images.expect("checked above");
-                (self.cifar10_side(set, &net, resolution, &cache)?, None)
+        let (subject, reference, drawn) = match compared {
+            Compared::Samples(path) => {
+                let trained = TrainedModel::open(path, &device)?;
+                // A model's samples are compared with the images at its own resolution
+                // (CIFAR-10 averaged down for a 16x16 model), as the FID logged in training is.
+                let resolution = trained.model.resolution();
+                let reference = self.reference_side(&net, resolution, &cache)?;
+                let (subject, drawn) = self.sample_side(&net, &trained)?;
+                (subject, reference, Some(drawn))
+            }
+            Compared::Images(set) => {
+                // CIFAR-10's own size.
+                let reference = self.reference_side(&net, 32, &cache)?;
+                (self.cifar10_side(set, &net, 32, &cache)?, reference, None)
             }
         };
         let fid = frechet_distance(&subject.stats, &reference.stats);
@@ -188,7 +196,7 @@ impl FidArgs {
         &self,
         net: &FidInception,
         trained: &TrainedModel,
-    ) -> Result<(Side, Option<(u64, usize)>)> {
+    ) -> Result<(Side, (u64, usize))> {
         let config = &trained.config;
         let sampler = self
             .sampler
@@ -208,6 +216,6 @@ impl FidArgs {
             name: trained.path.display().to_string(),
             stats,
         };
-        Ok((side, Some((trained.step, taken))))
+        Ok((side, (trained.step, taken)))
     }
 }
