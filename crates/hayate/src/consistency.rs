@@ -99,11 +99,45 @@ impl AgreementSums {
     }
 }
 
-/// The pairing (a[i], b[i + 1 mod n]): same models, different noise, the chance level.
-pub fn shuffled(b: &[f32], per: usize) -> Vec<f32> {
-    let mut out = b[per..].to_vec();
-    out.extend_from_slice(&b[..per]);
-    out
+/// The agreement of the pairs (a[i], b[i + 1 mod n]), same models and different noise (the
+/// chance level), gathered a batch at a time: A's last image of a batch waits for the next
+/// batch's first B image, and the very last A image meets the very first B image.
+struct ShiftedPairs {
+    sums: AgreementSums,
+    last_a: Option<Vec<f32>>,
+    first_b: Option<Vec<f32>>,
+}
+
+impl ShiftedPairs {
+    fn new(per: usize) -> Self {
+        Self {
+            sums: AgreementSums::new(per),
+            last_a: None,
+            first_b: None,
+        }
+    }
+
+    /// Adds the next batch of A's and B's images (the same number of each).
+    fn add(&mut self, a: &[f32], b: &[f32]) {
+        let per = self.sums.per;
+        let count = a.len() / per;
+        if count == 0 {
+            return;
+        }
+        if let Some(previous) = self.last_a.take() {
+            self.sums.add(&previous, &b[..per]);
+        }
+        self.sums.add(&a[..(count - 1) * per], &b[per..]);
+        self.last_a = Some(a[(count - 1) * per..].to_vec());
+        self.first_b.get_or_insert_with(|| b[..per].to_vec());
+    }
+
+    fn finish(mut self) -> Agreement {
+        if let (Some(last), Some(first)) = (self.last_a.take(), self.first_b.take()) {
+            self.sums.add(&last, &first);
+        }
+        self.sums.finish()
+    }
 }
 
 /// A denoiser that keeps the predicted x_0 (clipped to [-1, 1]) of every `every`-th call.
@@ -218,12 +252,9 @@ pub fn measure(
     );
     let per = 3 * size * size;
     let batch = batch.max(1);
-    let (mut paired, mut shuffled) = (AgreementSums::new(per), AgreementSums::new(per));
+    let (mut paired, mut shuffled) = (AgreementSums::new(per), ShiftedPairs::new(per));
     let mut per_step: Vec<(usize, AgreementSums)> = Vec::new();
     let (mut first_a, mut first_b) = (Vec::new(), Vec::new());
-    // The shifted pairing a[i] with b[i + 1 mod n] crosses batches: keep A's last image and
-    // B's very first.
-    let (mut last_a, mut b0): (Option<Vec<f32>>, Option<Vec<f32>>) = (None, None);
     let mut progress = crate::progress::Countdown::new("pairs", n);
     for i in 0..n.div_ceil(batch) {
         let count = batch.min(n - i * batch);
@@ -246,21 +277,13 @@ pub fn measure(
             sums.add(xa, xb);
         }
         paired.add(&ta.images, &tb.images);
-        if let Some(previous) = last_a.take() {
-            shuffled.add(&previous, &tb.images[..per]);
-        }
-        shuffled.add(&ta.images[..(count - 1) * per], &tb.images[per..]);
-        last_a = Some(ta.images[(count - 1) * per..].to_vec());
-        b0.get_or_insert_with(|| tb.images[..per].to_vec());
+        shuffled.add(&ta.images, &tb.images);
         let keep = SHOWN_PAIRS.saturating_sub(first_a.len() / per).min(count);
         first_a.extend_from_slice(&ta.images[..keep * per]);
         first_b.extend_from_slice(&tb.images[..keep * per]);
         if let Some(line) = progress.update(i * batch + count) {
             eprintln!("consistency: {line}");
         }
-    }
-    if let (Some(last), Some(first)) = (last_a, b0) {
-        shuffled.add(&last, &first);
     }
     Ok(Measured {
         report: Report {
@@ -403,6 +426,38 @@ mod tests {
         let half = agreement(&c, &d, per);
         assert!((half.agreement - 0.8).abs() < 0.03, "{half:?}");
         assert!(half.psnr > independent.psnr);
+    }
+
+    /// The pairing (a[i], b[i + 1 mod n]) of whole sets, as the shifted pairs define it.
+    fn shuffled(b: &[f32], per: usize) -> Vec<f32> {
+        let mut out = b[per..].to_vec();
+        out.extend_from_slice(&b[..per]);
+        out
+    }
+
+    #[test]
+    fn shifted_pairs_gathered_in_batches_equal_the_whole_sets_shifted() {
+        let per = 12;
+        let mut rng = <hayate_schedule::HostRng as rand::SeedableRng>::seed_from_u64(3);
+        let (mut a, mut b) = (vec![0f32; 7 * per], vec![0f32; 7 * per]);
+        hayate_schedule::fill_standard_normal(&mut rng, &mut a);
+        hayate_schedule::fill_standard_normal(&mut rng, &mut b);
+        let whole = agreement(&a, &shuffled(&b, per), per);
+        for sizes in [&[7][..], &[3, 3, 1], &[1, 1, 5]] {
+            let mut pairs = ShiftedPairs::new(per);
+            let mut start = 0;
+            for &size in sizes {
+                let range = start * per..(start + size) * per;
+                pairs.add(&a[range.clone()], &b[range]);
+                start += size;
+            }
+            let batched = pairs.finish();
+            assert!(
+                (batched.agreement - whole.agreement).abs() < 1e-12
+                    && (batched.psnr - whole.psnr).abs() < 1e-9,
+                "batches {sizes:?}: {batched:?} vs {whole:?}"
+            );
+        }
     }
 
     #[test]
