@@ -20,13 +20,28 @@ pub fn select(choice: BackendChoice) -> Result<(Device, String)> {
     match choice {
         BackendChoice::Wgpu => wgpu_device("WGPU (requested)".into()),
         BackendChoice::Cpu => cpu_device("CPU backend flex (requested)".into()),
-        BackendChoice::Auto => match hardware_gpu() {
-            Some(_) => wgpu_device("WGPU (a hardware GPU was found)".into()),
-            None => cpu_device(
-                "no hardware GPU adapter found: falling back to the CPU backend flex".into(),
-            ),
-        },
+        BackendChoice::Auto => auto_device(),
     }
+}
+
+const NO_HARDWARE_GPU: &str = "no hardware GPU adapter found: falling back to the CPU backend flex";
+
+/// WGPU where a hardware GPU adapter exists, else the CPU backend; the adapters are listed once.
+#[cfg(feature = "wgpu")]
+fn auto_device() -> Result<(Device, String)> {
+    let adapters = adapters();
+    match adapters
+        .iter()
+        .any(|a| a.device_type != burn::tensor::wgpu::wgpu::DeviceType::Cpu)
+    {
+        true => open_default("WGPU (a hardware GPU was found)".into(), &adapters),
+        false => cpu_device(NO_HARDWARE_GPU.into()),
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn auto_device() -> Result<(Device, String)> {
+    cpu_device(NO_HARDWARE_GPU.into())
 }
 
 /// The devices of a data-parallel run: the GPUs with these indices (WGPU's discrete adapters, in
@@ -133,7 +148,15 @@ fn kind(device_type: burn::tensor::wgpu::wgpu::DeviceType) -> &'static str {
 /// CPU, far slower than the CPU backend.
 #[cfg(feature = "wgpu")]
 fn wgpu_device(why: String) -> Result<(Device, String)> {
-    let adapters = adapters();
+    open_default(why, &adapters())
+}
+
+/// [`wgpu_device`], given the machine's adapters.
+#[cfg(feature = "wgpu")]
+fn open_default(
+    why: String,
+    adapters: &[burn::tensor::wgpu::wgpu::AdapterInfo],
+) -> Result<(Device, String)> {
     if adapters.is_empty() {
         anyhow::bail!(
             "no WGPU adapter found (a GPU driver with Vulkan, Metal or DX12; for software Vulkan, \
