@@ -1,8 +1,6 @@
+use crate::DropoutMasks;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{
-    Dropout, DropoutConfig, GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig,
-    PaddingConfig2d,
-};
+use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::avg_pool2d;
@@ -117,7 +115,8 @@ pub struct ResBlock {
     conv0: Conv2d,
     time_proj: Linear,
     norm1: GroupNorm,
-    dropout: Dropout,
+    /// Dropout probability, applied only in a training forward pass ([`DropoutMasks`]).
+    dropout: f64,
     conv1: Conv2d,
     skip: Option<Conv2d>,
     scale_shift: bool,
@@ -153,7 +152,7 @@ impl ResBlockConfig {
             conv0: conv3x3(self.cin, self.cout, 1, device),
             time_proj: LinearConfig::new(self.time_dim, time_out).init(device),
             norm1: group_norm(self.groups, self.cout, device),
-            dropout: DropoutConfig::new(self.dropout).init(),
+            dropout: self.dropout,
             conv1: zero_conv(self.cout, self.cout, 3, device),
             skip: (self.cin != self.cout).then(|| conv1x1(self.cin, self.cout, device)),
             scale_shift: self.scale_shift,
@@ -167,7 +166,20 @@ impl ResBlock {
     /// - `x`: `[batch, cin, h, w]`
     /// - `temb`: `[batch, time_dim]`
     /// - output: `[batch, cout, h', w']`, `h' = h` (or `h / 2`, `2h` when resampling)
+    ///
+    /// Without dropout; [`ResBlock::forward_masked`] is the training form.
     pub fn forward(&self, x: Tensor<4>, temb: Tensor<2>) -> Tensor<4> {
+        self.forward_masked(x, temb, None)
+    }
+
+    /// [`ResBlock::forward`] with the block's dropout drawn from `masks` (the next layer of the
+    /// forward pass) when given.
+    pub fn forward_masked(
+        &self,
+        x: Tensor<4>,
+        temb: Tensor<2>,
+        masks: Option<&mut DropoutMasks>,
+    ) -> Tensor<4> {
         let resample = Resample::from_code(self.resample);
         let h = resample.apply(silu(self.norm0.forward(x.clone())));
         let x = resample.apply(x);
@@ -183,7 +195,12 @@ impl ResBlock {
             self.norm1
                 .forward(h + t.reshape([n as i64, c as i64, 1, 1]))
         };
-        let h = self.conv1.forward(self.dropout.forward(silu(h)));
+        let h = silu(h);
+        let h = match masks {
+            Some(masks) => masks.apply(h, self.dropout),
+            None => h,
+        };
+        let h = self.conv1.forward(h);
         let skip = match &self.skip {
             Some(conv) => conv.forward(x),
             None => x,

@@ -15,10 +15,12 @@
 
 mod blocks;
 mod config;
+mod dropout;
 mod unet;
 
 pub use blocks::{
     AttentionBlock, Downsample, ResBlock, ResBlockConfig, Resample, TimestepEmbedding, Upsample,
 };
 pub use config::{ModelConfigError, UNetConfig};
+pub use dropout::{DropoutKey, DropoutMasks};
 pub use unet::UNet;

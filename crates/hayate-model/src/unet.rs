@@ -6,8 +6,8 @@ use burn::tensor::activation::silu;
 use crate::blocks::{conv3x3, group_norm, zero_conv};
 use crate::config::BlockPlan;
 use crate::{
-    AttentionBlock, Downsample, ResBlock, ResBlockConfig, Resample, TimestepEmbedding, UNetConfig,
-    Upsample,
+    AttentionBlock, Downsample, DropoutKey, DropoutMasks, ResBlock, ResBlockConfig, Resample,
+    TimestepEmbedding, UNetConfig, Upsample,
 };
 
 /// A residual block, optionally followed by self-attention.
@@ -29,8 +29,13 @@ impl Stage {
         }
     }
 
-    fn forward(&self, x: Tensor<4>, temb: Tensor<2>) -> Tensor<4> {
-        let h = self.res.forward(x, temb);
+    fn forward(
+        &self,
+        x: Tensor<4>,
+        temb: Tensor<2>,
+        masks: Option<&mut DropoutMasks>,
+    ) -> Tensor<4> {
+        let h = self.res.forward_masked(x, temb, masks);
         match &self.attention {
             Some(attention) => attention.forward(h),
             None => h,
@@ -184,6 +189,29 @@ impl UNet {
         t: Tensor<1>,
         labels: Option<Tensor<1, Int>>,
     ) -> Tensor<4> {
+        self.forward_inner(x, t, labels, None)
+    }
+
+    /// The training forward pass: [`UNet::forward_labelled`] with the residual blocks' dropout,
+    /// its masks drawn from `dropout` (see [`DropoutKey`]), so the same image gets the same masks
+    /// on any backend and any split of the batch across devices.
+    pub fn forward_training(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        labels: Option<Tensor<1, Int>>,
+        dropout: DropoutKey,
+    ) -> Tensor<4> {
+        self.forward_inner(x, t, labels, Some(&mut DropoutMasks::new(dropout)))
+    }
+
+    fn forward_inner(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        labels: Option<Tensor<1, Int>>,
+        mut masks: Option<&mut DropoutMasks>,
+    ) -> Tensor<4> {
         let [n] = t.dims();
         let mut temb = self.time_embed.forward(t);
         if let Some(embed) = &self.label_embed {
@@ -196,7 +224,7 @@ impl UNet {
         let mut skips = vec![h.clone()];
         for level in &self.down {
             for stage in &level.stages {
-                h = stage.forward(h, temb.clone());
+                h = stage.forward(h, temb.clone(), masks.as_deref_mut());
                 skips.push(h.clone());
             }
             if let Some(down) = &level.resample {
@@ -204,23 +232,28 @@ impl UNet {
                 skips.push(h.clone());
             }
             if let Some(down) = &level.resample_block {
-                h = down.forward(h, temb.clone());
+                h = down.forward_masked(h, temb.clone(), masks.as_deref_mut());
                 skips.push(h.clone());
             }
         }
-        h = self.mid_res0.forward(h, temb.clone());
+        h = self
+            .mid_res0
+            .forward_masked(h, temb.clone(), masks.as_deref_mut());
         h = self.mid_attention.forward(h);
-        h = self.mid_res1.forward(h, temb.clone());
+        h = self
+            .mid_res1
+            .forward_masked(h, temb.clone(), masks.as_deref_mut());
         for level in &self.up {
             for stage in &level.stages {
                 let skip = skips.pop().expect("one skip per up stage, by construction");
-                h = stage.forward(Tensor::cat(vec![h, skip], 1), temb.clone());
+                let input = Tensor::cat(vec![h, skip], 1);
+                h = stage.forward(input, temb.clone(), masks.as_deref_mut());
             }
             if let Some(up) = &level.resample {
                 h = up.forward(h);
             }
             if let Some(up) = &level.resample_block {
-                h = up.forward(h, temb.clone());
+                h = up.forward_masked(h, temb.clone(), masks.as_deref_mut());
             }
         }
         self.conv_out.forward(silu(self.norm_out.forward(h)))

@@ -1,13 +1,13 @@
 //! `hayate bench`.
 
 use super::flags::{DataArgs, DeviceArgs, default_run_dir};
-use crate::backend::BackendChoice;
-use crate::bench::Throughput;
-use crate::config::RunConfig;
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use clap::Subcommand;
+use hayate_bench::throughput::Throughput;
 use hayate_data::Split;
+use hayate_train::backend::BackendChoice;
+use hayate_train::config::RunConfig;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
@@ -92,7 +92,7 @@ impl ThroughputArgs {
         run_config.train.batch_size = batch;
         let name = run_config.model.preset.clone();
         let (device, why) = self.device.select()?;
-        let ours = crate::bench::throughput(&run_config, steps, sample_steps, &device)?;
+        let ours = hayate_bench::throughput::throughput(&run_config, steps, sample_steps, &device)?;
         print_ours(&name, batch, &why, &ours);
         let mut result = json!({ "hayate": ours, "device": why });
         if self.phases {
@@ -102,21 +102,22 @@ impl ThroughputArgs {
             self.compare_with_torch(&name, &ours, &mut result);
         }
         if let Some(out) = &self.out {
-            crate::checkpoint::write_atomic(out, format!("{result:#}\n").as_bytes())?;
+            hayate_train::checkpoint::write_atomic(out, format!("{result:#}\n").as_bytes())?;
         }
         Ok(())
     }
 
     /// Times each phase of a step alone, and one 3x3 convolution, into `result`.
     fn phases(&self, config: &RunConfig, device: &Device, result: &mut Value) -> Result<()> {
-        let times = crate::bench::phases(config, self.steps as usize, device)?;
+        let times = hayate_bench::throughput::phases(config, self.steps as usize, device)?;
         let total: f64 = times.iter().map(|(_, t)| t).sum();
         println!("  phases of a step, each timed alone ({total:.3} s in all):");
         for (name, t) in &times {
             println!("    {name:<40} {t:>8.4} s  {:>5.1}%", 100.0 * t / total);
         }
         result["phases"] = json!(times);
-        let (forward, both) = crate::bench::conv_kernel(self.batch, self.steps as usize, device);
+        let (forward, both) =
+            hayate_bench::throughput::conv_kernel(self.batch, self.steps as usize, device);
         println!(
             "  one 3x3 convolution 128->128 at 32x32, batch {}: forward {forward:.4} s, \
              forward+backward {both:.4} s",
@@ -145,10 +146,10 @@ impl ThroughputArgs {
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from("benches/torch_throughput.py"));
         // PyTorch runs where hayate ran: the CPU, or the GPU through CUDA.
-        let on_gpu =
-            self.device.backend != BackendChoice::Cpu && crate::backend::hardware_gpu().is_some();
+        let on_gpu = self.device.backend != BackendChoice::Cpu
+            && hayate_train::backend::hardware_gpu().is_some();
         let torch_device = if on_gpu { "cuda" } else { "cpu" };
-        let torch = crate::bench::torch_throughput(
+        let torch = hayate_bench::throughput::torch_throughput(
             &python,
             &script,
             name,
@@ -243,12 +244,12 @@ pub struct ConvergenceArgs {
 impl ConvergenceArgs {
     /// Runs (or continues) the benchmark and prints its table.
     pub fn run(self) -> Result<()> {
-        let bench = crate::convergence::BenchConfig::load(&self.config)?;
+        let bench = hayate_bench::convergence::BenchConfig::load(&self.config)?;
         let out = self.out.unwrap_or_else(|| default_run_dir(&self.config));
         let (device, _) = self.device.select()?;
-        let report = crate::convergence::run(
+        let report = hayate_bench::convergence::run(
             &bench,
-            &crate::convergence::BenchOptions {
+            &hayate_bench::convergence::BenchOptions {
                 data_dir: self.data.data_dir,
                 out: out.clone(),
                 runs: self.runs,
@@ -293,21 +294,21 @@ impl FeatureNetArgs {
             bail!("--resolution must be 32, 16 or 8");
         }
         let (device, _) = self.device.select()?;
-        let cache = crate::train::cache_dir();
+        let cache = hayate_train::train::cache_dir();
         let open = |split| {
             let dir = self.data.data_dir.as_deref();
-            crate::dataset::cifar10_images(dir, split, self.resolution, &cache)
+            hayate_train::dataset::cifar10_images(dir, split, self.resolution, &cache)
         };
         let (train_images, test_images) = (open(Split::Train)?, open(Split::Test)?);
         eprintln!("training on {}", train_images.describe());
-        let settings = crate::feature_net::FeatureNetTraining {
+        let settings = hayate_bench::feature_net::FeatureNetTraining {
             epochs: self.epochs,
             seed: self.seed,
             ..Default::default()
         };
         let start = std::time::Instant::now();
         let epochs = self.epochs;
-        let file = crate::feature_net::train_feature_net(
+        let file = hayate_bench::feature_net::train_feature_net(
             train_images.as_ref(),
             test_images.as_ref(),
             &settings,

@@ -1,9 +1,9 @@
 //! `hayate consistency`.
 
 use super::flags::{DeviceArgs, SamplerArgs};
-use crate::consistency::{Setup, measure, write};
-use crate::sample::TrainedModel;
 use anyhow::{Result, bail};
+use hayate_eval::consistency::{Setup, measure, write};
+use hayate_eval::sample::TrainedModel;
 use std::path::PathBuf;
 
 /// Two models, the same starting and per-step noise: how alike are their samples, and their

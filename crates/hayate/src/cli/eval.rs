@@ -1,12 +1,14 @@
 //! `hayate eval`.
 
 use super::flags::{DataArgs, DeviceArgs, SamplerArgs, choice_name};
-use crate::fid::{Statistics, dataset_statistics, frechet_distance, sample_batches, statistics_of};
-use crate::inception::FidInception;
-use crate::sample::TrainedModel;
 use anyhow::{Result, bail};
 use clap::{Subcommand, ValueEnum};
 use hayate_data::Split;
+use hayate_eval::fid::{
+    Statistics, dataset_statistics, frechet_distance, sample_batches, statistics_of,
+};
+use hayate_eval::inception::FidInception;
+use hayate_eval::sample::TrainedModel;
 use std::path::{Path, PathBuf};
 
 /// `hayate eval` evaluations.
@@ -111,8 +113,9 @@ impl FidArgs {
             (None, Some(set)) => Compared::Images(set),
             (None, None) => bail!("give --checkpoint or --images"),
         };
-        let cache = crate::train::cache_dir();
-        let weights = crate::fid::inception_weights(self.inception_weights.as_deref(), &cache)?;
+        let cache = hayate_train::train::cache_dir();
+        let weights =
+            hayate_eval::fid::inception_weights(self.inception_weights.as_deref(), &cache)?;
         let (device, _) = self.device.select()?;
         eprintln!("Inception weights {}", weights.display());
         let net = FidInception::load(&weights, &device)?;
@@ -152,7 +155,7 @@ impl FidArgs {
             result["seed"] = self.seed.into();
         }
         if let Some(out) = &self.out {
-            crate::checkpoint::write_atomic(out, format!("{result:#}\n").as_bytes())?;
+            hayate_train::checkpoint::write_atomic(out, format!("{result:#}\n").as_bytes())?;
         }
         Ok(())
     }
@@ -179,7 +182,7 @@ impl FidArgs {
         resolution: usize,
         cache: &Path,
     ) -> Result<Side> {
-        let data = crate::dataset::cifar10_images(
+        let data = hayate_train::dataset::cifar10_images(
             self.data.data_dir.as_deref(),
             set.split(),
             resolution,

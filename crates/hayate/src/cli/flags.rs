@@ -1,13 +1,13 @@
 //! The flag groups several subcommands share, declared once and flattened into each.
 
-use crate::backend::{BackendChoice, select};
-use crate::config::RunConfig;
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use clap::{Args, ValueEnum};
 use hayate_schedule::ddim::Ddim;
 use hayate_schedule::ddpm::Ddpm;
 use hayate_schedule::{NoiseSchedule, Sampler};
+use hayate_train::backend::{BackendChoice, select};
+use hayate_train::config::RunConfig;
 use std::path::PathBuf;
 
 /// Where to run.

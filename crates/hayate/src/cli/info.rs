@@ -1,7 +1,7 @@
 //! `hayate info`.
 
-use crate::config::RunConfig;
 use anyhow::Result;
+use hayate_train::config::RunConfig;
 use std::path::PathBuf;
 
 /// Print a config's parameter count, FLOPs and resolved settings.
@@ -17,7 +17,7 @@ impl Args {
     pub fn run(self) -> Result<()> {
         let run_config = RunConfig::load(&self.config)?;
         let unet = run_config.model.resolve()?;
-        let params = crate::train::count_params(&unet);
+        let params = hayate_train::train::count_params(&unet);
         let forward = unet.forward_flops();
         let batch = run_config.train.batch_size as u64;
         println!("config: {}", self.config.display());
@@ -54,7 +54,7 @@ mod tests {
         for entry in std::fs::read_dir(dir).unwrap() {
             let config = entry.unwrap().path();
             if config.extension().is_some_and(|e| e == "toml")
-                && !crate::convergence::is_benchmark_file(&config)
+                && !hayate_train::config::is_benchmark_file(&config)
             {
                 let path = config.to_str().unwrap();
                 run(Cli::try_parse_from(["hayate", "info", "--config", path]).unwrap()).unwrap();

@@ -73,7 +73,7 @@ pub fn run(cli: Cli) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::BackendChoice;
+    use hayate_train::backend::BackendChoice;
 
     #[test]
     fn command_line_flags_parse() {

@@ -13,7 +13,7 @@ pub struct Args {
 impl Args {
     /// Redraws the charts.
     pub fn run(self) -> Result<()> {
-        for path in crate::plot::plot_run(&self.run_dir)? {
+        for path in hayate_eval::plot::plot_run(&self.run_dir)? {
             println!("wrote {}", path.display());
         }
         Ok(())

@@ -47,8 +47,8 @@ impl Command {
             folder.files.len(),
             folder.classes.len()
         );
-        let threads = threads.unwrap_or_else(crate::dataset::default_threads);
-        crate::dataset::prepare_with_progress(&folder, size, &out, threads)?;
+        let threads = threads.unwrap_or_else(hayate_train::dataset::default_threads);
+        hayate_train::dataset::prepare_with_progress(&folder, size, &out, threads)?;
         Ok(())
     }
 }

@@ -1,9 +1,9 @@
 //! `hayate sample`.
 
 use super::flags::{DeviceArgs, SamplerArgs};
-use crate::progress::Countdown;
-use crate::sample::{Guidance, TrainedModel, generate_batched, save_grid};
 use anyhow::{Result, bail};
+use hayate_eval::sample::{Guidance, TrainedModel, generate_batched, save_grid};
+use hayate_train::progress::Countdown;
 use std::path::PathBuf;
 
 /// Write a grid of samples from a checkpoint's EMA weights.

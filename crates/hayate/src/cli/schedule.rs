@@ -1,8 +1,8 @@
 //! `hayate schedule`.
 
-use crate::config::RunConfig;
 use anyhow::Result;
 use clap::Subcommand;
+use hayate_train::config::RunConfig;
 use std::path::PathBuf;
 
 /// `hayate schedule` actions.
@@ -25,8 +25,8 @@ impl Command {
         let Self::Plot { config, out } = self;
         let run_config = RunConfig::load(&config)?;
         run_config.validate()?;
-        let charts = crate::plot::schedule_charts(&run_config)?;
-        for path in crate::plot::save_all(&charts, &out)? {
+        let charts = hayate_eval::plot::schedule_charts(&run_config)?;
+        for path in hayate_eval::plot::save_all(&charts, &out)? {
             println!("wrote {}", path.display());
         }
         Ok(())

@@ -1,10 +1,10 @@
 //! `hayate train`.
 
 use super::flags::{DataArgs, DeviceArgs, default_run_dir};
-use crate::backend::select_devices;
-use crate::config::RunConfig;
-use crate::train::{TrainOptions, train};
 use anyhow::Result;
+use hayate_train::backend::select_devices;
+use hayate_train::config::RunConfig;
+use hayate_train::train::{TrainOptions, train};
 use std::path::PathBuf;
 
 /// Train a model from a TOML config.
@@ -73,6 +73,7 @@ impl Args {
                 images: None,
             },
             &devices[0],
+            hayate_eval::interval::standard(),
         )?;
         println!(
             "trained to step {} ({:.1} img/s); run folder {}",

@@ -1,5 +1,5 @@
 //! The same few training steps on WGPU, on WGPU data-parallel over two devices, and on the CPU
-//! backend give the same losses.
+//! backend give the same losses, dropout included.
 //!
 //! On software Vulkan (Mesa's lavapipe, as in CI) every kernel is compiled by LLVM, and autotune
 //! compiles and times each candidate of each operation at each shape. So the runs share their
@@ -15,12 +15,13 @@
 use crate::common;
 
 use burn::prelude::*;
-use hayate::train::{TrainOptions, train};
+use common::train;
+use hayate_train::train::TrainOptions;
 
 /// Whether a WGPU adapter exists; `HAYATE_REQUIRE_WGPU` (set in CI) makes a missing one a
 /// failure instead of a skip.
 fn wgpu_adapter_present() -> bool {
-    if !hayate::backend::adapters().is_empty() {
+    if !hayate_train::backend::adapters().is_empty() {
         return true;
     }
     assert!(
@@ -37,8 +38,9 @@ fn the_device_line_names_the_adapter_and_says_when_it_is_software() {
     if !wgpu_adapter_present() {
         return;
     }
-    let (_, line) = hayate::backend::select(hayate::backend::BackendChoice::Wgpu).unwrap();
-    let adapters = hayate::backend::adapters();
+    let (_, line) =
+        hayate_train::backend::select(hayate_train::backend::BackendChoice::Wgpu).unwrap();
+    let adapters = hayate_train::backend::adapters();
     let adapter = adapters
         .iter()
         .find(|a| line.contains(&a.name))
@@ -65,6 +67,9 @@ fn wgpu_losses_match_the_cpu_backend() {
         let mut config = common::tiny_config(2, 1);
         config.train.batch_size = batch;
         config.sampling.grid_images = 4;
+        // Dropout masks are hashed on the device in integers (32-bit on WGPU, 64-bit on flex):
+        // the second step's loss depends on them.
+        config.model.dropout = Some(0.3);
         train(
             &TrainOptions {
                 config,

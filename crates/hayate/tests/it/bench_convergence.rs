@@ -5,8 +5,8 @@
 use crate::common;
 
 use burn::prelude::*;
-use hayate::convergence::ConvergenceReport;
-use hayate::feature_net::FeatureNetFile;
+use hayate_bench::convergence::ConvergenceReport;
+use hayate_bench::feature_net::FeatureNetFile;
 use hayate_data::Split;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,7 +25,8 @@ fn the_shipped_feature_network_classifies_cifar10() {
     assert_eq!(net.info.resolution, 16);
     assert_eq!(net.info.classes, 10);
     let test =
-        hayate::dataset::cifar10_images(Some(&data), Split::Test, 16, Path::new("/none")).unwrap();
+        hayate_train::dataset::cifar10_images(Some(&data), Split::Test, 16, Path::new("/none"))
+            .unwrap();
     // Chance is 10%; the file records its accuracy on all 10,000 test images.
     let accuracy = net.accuracy(test.as_ref(), 1000).unwrap();
     assert!(accuracy > 0.5, "accuracy {accuracy}");
@@ -123,13 +124,13 @@ momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensa
     }
     // Each method's speed-up is the one its logged scores give against the baseline's (the
     // rule itself is unit-tested in convergence.rs).
-    let curve = |r: &hayate::convergence::RunResult| -> Vec<(u64, f64)> {
+    let curve = |r: &hayate_bench::convergence::RunResult| -> Vec<(u64, f64)> {
         r.scores.iter().map(|s| (s.step, s.proxy)).collect()
     };
     let baseline = curve(&report.runs[0]);
     for (method, run) in report.methods.iter().zip(&report.runs) {
         assert_eq!(method.method, run.method);
-        let expected = hayate::convergence::speedup(&baseline, &curve(run));
+        let expected = hayate_bench::convergence::speedup(&baseline, &curve(run));
         assert_eq!(method.speedups, [expected], "{}", method.method);
     }
     assert_eq!(report.methods[1].method, "CLTS+MDLRC");

@@ -8,7 +8,7 @@
 use crate::common;
 
 use common::{metrics, parameters};
-use hayate::checkpoint::Checkpoint;
+use hayate_train::checkpoint::Checkpoint;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;

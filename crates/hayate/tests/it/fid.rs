@@ -8,9 +8,9 @@ use crate::common;
 
 use burn::prelude::*;
 use clap::Parser;
-use hayate::fid::{Accumulator, frechet_distance};
-use hayate::inception::{FEATURES, FidInception};
 use hayate_data::{Cifar10, IMAGE_BYTES, Split, image_to_unit_range};
+use hayate_eval::fid::{Accumulator, frechet_distance};
+use hayate_eval::inception::{FEATURES, FidInception};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -99,8 +99,8 @@ fn training_logs_fid_at_the_configured_steps() {
     config.eval.fid_ddim_steps = 2;
     config.eval.inception_weights = Some(weights.clone());
     let run = dir.path().join("run");
-    hayate::train::train(
-        &hayate::train::TrainOptions {
+    common::train(
+        &hayate_train::train::TrainOptions {
             config,
             data_dir: Some(data.clone()),
             out: run.clone(),

@@ -7,6 +7,7 @@ mod backends;
 mod bench_convergence;
 mod common;
 mod crash;
+mod data;
 mod fid;
 mod train_cpu;
 mod train_folder;

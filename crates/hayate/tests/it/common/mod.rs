@@ -4,11 +4,17 @@ use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
-use hayate::checkpoint::Checkpoint;
-use hayate::config::RunConfig;
-use hayate::step::DenoisingModel;
+use hayate_train::checkpoint::Checkpoint;
+use hayate_train::config::RunConfig;
+use hayate_train::step::DenoisingModel;
+use hayate_train::train::{TrainOptions, TrainReport};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+
+/// Trains as `hayate train` does: with the sample grid, FID and chart hooks.
+pub fn train(options: &TrainOptions, device: &Device) -> anyhow::Result<TrainReport> {
+    hayate_train::train::train(options, device, hayate_eval::interval::standard())
+}
 
 /// Serialises the training runs of one test binary. Bit-exact comparisons need one run at a
 /// time per process: concurrent runs interleave the backend's global generator and change the
@@ -83,31 +89,38 @@ ddim_steps = 2
     .expect("the test config is valid")
 }
 
+struct Collect(Vec<f32>);
+
+impl ModuleVisitor for Collect {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.extend(param.val().into_data().iter::<f32>());
+    }
+}
+
+/// Every parameter value of `module`, in order.
+pub fn module_parameters<M: Module>(module: &M) -> Vec<f32> {
+    let mut collect = Collect(Vec::new());
+    module.visit(&mut collect);
+    collect.0
+}
+
 /// Every parameter value of a checkpoint's `model` (training) or `ema` network, in order.
 pub fn parameters(checkpoint: &Checkpoint, section: &str) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.extend(param.val().into_data().iter::<f32>());
-        }
-    }
     let device = Device::flex();
     let config = checkpoint.meta.config.model.resolve().unwrap();
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(
         checkpoint.section(section).unwrap().to_vec(),
     ))
     .unwrap();
-    let mut collect = Collect(Vec::new());
     if section == "ema" {
-        config.init(&device).load_record(record).visit(&mut collect);
+        module_parameters(&config.init(&device).load_record(record))
     } else {
         let model = DenoisingModel {
             unet: config.init(&device),
             grad_clip: 1.0,
         };
-        model.load_record(record).visit(&mut collect);
+        module_parameters(&model.load_record(record))
     }
-    collect.0
 }
 
 /// The lines of a run's metrics.jsonl whose event is `event`.

@@ -2,11 +2,11 @@
 //! Frechet distance between the two Gaussians, with the matrix square root taken from
 //! symmetric eigendecompositions in f64.
 
-use crate::checkpoint::write_atomic;
 use crate::inception::{FEATURES, FidInception};
 use anyhow::{Context, Result, ensure};
 use burn::prelude::*;
 use hayate_data::ImageSource;
+use hayate_train::checkpoint::write_atomic;
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -308,7 +308,7 @@ pub fn statistics_of(
     total: Option<usize>,
 ) -> Result<Statistics> {
     let mut acc = Accumulator::new(net.dims());
-    let mut progress = total.map(|n| crate::progress::Countdown::new("images", n));
+    let mut progress = total.map(|n| hayate_train::progress::Countdown::new("images", n));
     for batch in batches {
         let (values, shape) = batch?;
         let images = Tensor::<4>::from_data(TensorData::new(values, shape), net.device());
@@ -411,14 +411,14 @@ pub fn sample_batches<'a>(
 pub struct FidEvaluator {
     net: FidInception,
     reference: Reference,
-    config: crate::config::EvalConfig,
+    config: hayate_train::config::EvalConfig,
 }
 
 impl FidEvaluator {
     /// Loads the network and the reference statistics (the first `fid_n` training images,
     /// cached).
     pub fn new(
-        config: &crate::config::EvalConfig,
+        config: &hayate_train::config::EvalConfig,
         images: &dyn ImageSource,
         device: &Device,
         cache: &Path,

@@ -1,10 +1,10 @@
 //! PNG line charts: the schedules a config will run (`hayate schedule plot`) and the curves a run
 //! has logged (`hayate plot`, refreshed at every checkpoint).
 
-use crate::config::RunConfig;
 use crate::sample::write_png;
 use anyhow::{Context, Result, anyhow, bail};
 use hayate_schedule::TimestepSampler;
+use hayate_train::config::RunConfig;
 use plotters::coord::ranged1d::{Ranged, ValueFormatter};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
@@ -363,7 +363,7 @@ fn logged(lines: &[serde_json::Value], event: &str, field: &str) -> Vec<(f64, f6
 
 /// Charts of a run's logged curves: loss, learning rate, beta1 and mean t/T against step.
 pub fn run_charts(run_dir: &Path) -> Result<Vec<(&'static str, Chart)>> {
-    let path = crate::run_dir::metrics_path(run_dir);
+    let path = hayate_train::run_dir::metrics_path(run_dir);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let lines = text
@@ -451,7 +451,10 @@ pub fn run_charts(run_dir: &Path) -> Result<Vec<(&'static str, Chart)>> {
 
 /// Redraws a run's charts into its `plots/` folder and returns their paths.
 pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
-    save_all(&run_charts(run_dir)?, &crate::run_dir::plots_dir(run_dir))
+    save_all(
+        &run_charts(run_dir)?,
+        &hayate_train::run_dir::plots_dir(run_dir),
+    )
 }
 
 #[cfg(test)]
@@ -569,7 +572,7 @@ mod tests {
     #[test]
     fn run_charts_read_the_log_lines_and_name_a_bad_file() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = crate::run_dir::metrics_path(dir.path());
+        let metrics = hayate_train::run_dir::metrics_path(dir.path());
         std::fs::write(
             &metrics,
             concat!(

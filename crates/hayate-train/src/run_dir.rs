@@ -52,8 +52,8 @@ pub enum Event {
         #[serde(rename = "mean_t_over_T")]
         mean_t_over_t: f64,
     },
-    /// At each checkpoint: the interval's mean loss, the EMA decay, the throughput, the
-    /// checkpoint's and the grid's file names (relative to the run folder).
+    /// At each checkpoint: the interval's mean loss, the EMA decay, the throughput and the
+    /// checkpoint's file name.
     Checkpoint {
         /// The step checkpointed.
         step: u64,
@@ -65,7 +65,12 @@ pub enum Event {
         images_per_second: f64,
         /// The checkpoint file.
         checkpoint: Option<String>,
-        /// The sample grid.
+    },
+    /// The EMA model's sample grid drawn at a checkpoint.
+    Grid {
+        /// The step checkpointed.
+        step: u64,
+        /// The grid's file, relative to the run folder.
         grid: String,
     },
     /// FID of the EMA model's samples at a checkpoint.

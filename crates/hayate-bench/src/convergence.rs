@@ -4,17 +4,19 @@
 //! classifier's features (the proxy), and compared with the baseline (the first method) of the
 //! same seed. Some checkpoints are also scored with Inception FID, and the two rankings compared.
 
-use crate::checkpoint::{Checkpoint, write_atomic};
-use crate::config::RunConfig;
 use crate::feature_net::FeatureNetFile;
-use crate::fid::{FeatureExtractor, Reference, dataset_statistics, sample_batches, statistics_of};
-use crate::plot::{Chart, Series};
-use crate::sample::TrainedModel;
-use crate::train::{TrainOptions, cache_dir, train};
 use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 use hayate_data::ImageSource;
+use hayate_eval::fid::{
+    FeatureExtractor, Reference, dataset_statistics, sample_batches, statistics_of,
+};
+use hayate_eval::plot::{Chart, Series};
+use hayate_eval::sample::TrainedModel;
 use hayate_schedule::ddim::Ddim;
+use hayate_train::checkpoint::{Checkpoint, write_atomic};
+use hayate_train::config::RunConfig;
+use hayate_train::train::{TrainOptions, cache_dir, train};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -70,12 +72,6 @@ pub struct Method {
     /// Tables merged into the base run (same layout as a run config).
     #[serde(default)]
     pub run: toml::Table,
-}
-
-/// Whether an experiment file is a benchmark (`experiments/bench-*.toml`) rather than a run.
-pub fn is_benchmark_file(path: &Path) -> bool {
-    path.file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("bench-"))
 }
 
 /// `over` merged into `base`: tables recursively, anything else replaced.
@@ -392,7 +388,7 @@ fn score(
     path: &Path,
     features: &FeatureNetFile,
     reference: &Reference,
-    inception: Option<&(crate::inception::FidInception, Reference, usize)>,
+    inception: Option<&(hayate_eval::inception::FidInception, Reference, usize)>,
     device: &Device,
 ) -> Result<Score> {
     let trained =
@@ -458,7 +454,7 @@ pub fn run(
     let cache = cache_dir();
     let first = bench.run_config(0, bench.seeds[0])?;
     let resolution = first.model.resolve()?.resolution;
-    let images: Arc<dyn ImageSource> = crate::dataset::open_training_images(
+    let images: Arc<dyn ImageSource> = hayate_train::dataset::open_training_images(
         &first.data,
         options.data_dir.as_deref(),
         resolution,
@@ -483,15 +479,15 @@ pub fn run(
     // The Inception check, loaded when the first checkpoint that it scores comes up: a
     // benchmark whose runs are all scored already loads no network and takes no square root.
     let inception_check = bench.inception.as_ref().filter(|_| options.inception);
-    type Check = (crate::inception::FidInception, Reference, usize);
+    type Check = (hayate_eval::inception::FidInception, Reference, usize);
     let mut check: Option<Check> = None;
     let load_check = |check: &mut Option<Check>| -> Result<()> {
         if check.is_none()
             && let Some(settings) = inception_check
         {
             let weights =
-                crate::fid::inception_weights(options.inception_weights.as_deref(), &cache)?;
-            let net = crate::inception::FidInception::load(&weights, device)?;
+                hayate_eval::fid::inception_weights(options.inception_weights.as_deref(), &cache)?;
+            let net = hayate_eval::inception::FidInception::load(&weights, device)?;
             let reference = Reference::new(dataset_statistics(
                 &net,
                 images.as_ref(),
@@ -530,7 +526,7 @@ pub fn run(
                 runs.push(done);
                 continue;
             }
-            let trained = crate::checkpoint::list(&dir).unwrap_or_default();
+            let trained = hayate_train::checkpoint::list(&dir).unwrap_or_default();
             let done_steps = match trained.last() {
                 Some(_) => {
                     let (_, newest) = Checkpoint::load_newest_valid(&dir)?;
@@ -570,12 +566,13 @@ pub fn run(
                         images: Some(images.clone()),
                     },
                     device,
+                    hayate_eval::interval::standard(),
                 )
                 .with_context(|| format!("{} seed {seed}", method.name))?;
             }
             let train_seconds = clock.elapsed().as_secs_f64();
             let clock = Instant::now();
-            let paths = crate::checkpoint::list(&dir)?;
+            let paths = hayate_train::checkpoint::list(&dir)?;
             let last = paths.len().saturating_sub(1);
             let mut scores = Vec::new();
             for (i, path) in paths.iter().enumerate() {
@@ -684,6 +681,28 @@ pub fn summarize(runs: Vec<RunResult>, wall_seconds: f64) -> ConvergenceReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every benchmark in `experiments/` loads, its feature network is committed beside it, and
+    /// each of its methods is a valid run config that round-trips.
+    #[test]
+    fn every_benchmark_file_in_experiments_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if !hayate_train::config::is_benchmark_file(&path) {
+                continue;
+            }
+            let bench = BenchConfig::load(&path).unwrap();
+            assert!(bench.feature_net.is_file(), "{}", path.display());
+            for i in 0..bench.method.len() {
+                let config = bench.run_config(i, bench.seeds[0]).unwrap();
+                assert_eq!(RunConfig::parse(&config.to_toml()).unwrap(), config);
+            }
+            seen += 1;
+        }
+        assert!(seen >= 1, "expected a benchmark in {}", dir.display());
+    }
 
     #[test]
     fn steps_to_reach_interpolates_between_evaluations() {

@@ -8,7 +8,6 @@ use crate::config::RunConfig;
 use crate::ema::Ema;
 use crate::metric::{Beta1, HostValue, ImagesPerSecond, MeanT};
 use crate::run_dir::{self, Event};
-use crate::sample::{Guidance, Sampling, generate, save_grid};
 use crate::step::DenoisingModel;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
@@ -73,6 +72,35 @@ pub struct TrainReport {
     pub checkpoint: Option<PathBuf>,
 }
 
+/// What the end of a checkpoint interval hands to the work registered for it: the run as it
+/// stands just after its checkpoint was written.
+pub struct IntervalEnd<'a> {
+    /// The step just checkpointed.
+    pub step: u64,
+    /// The run's config.
+    pub config: &'a RunConfig,
+    /// The run folder ([`run_dir`] has its layout).
+    pub out: &'a Path,
+    /// The checkpoint just written.
+    pub checkpoint: &'a Path,
+    /// The EMA network, on the run's first device (without autodiff).
+    pub ema: &'a UNet,
+    /// That device.
+    pub device: &'a Device,
+    /// The run's noise schedule.
+    pub schedule: &'a NoiseSchedule,
+    /// The training images.
+    pub images: &'a Arc<dyn hayate_data::ImageSource>,
+}
+
+/// Work done at the end of every checkpoint interval, after the checkpoint and its metrics line
+/// (`hayate-eval`'s `interval` module has the sample grid, FID and chart hooks). Hooks run in the
+/// order given to [`train`]; an error stops the run, with the checkpoint just written kept.
+pub trait IntervalHook: Send {
+    /// Does the hook's work for the interval that just ended.
+    fn run(&mut self, end: &IntervalEnd<'_>) -> Result<()>;
+}
+
 /// The folder downloads are cached in: `$HAYATE_CACHE`, else `~/.cache/hayate`.
 pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("HAYATE_CACHE") {
@@ -110,14 +138,15 @@ pub fn init_seeded<M: Module>(seed: u64, device: &Device, build: impl Fn(&Device
 }
 
 /// A record's bytes, as stored in hayate's checkpoint file.
-pub(crate) fn record_bytes<R: BurnCheckpoint>(record: R) -> Result<Vec<u8>> {
+pub fn record_bytes<R: BurnCheckpoint>(record: R) -> Result<Vec<u8>> {
     let bytes = record
         .checkpoint_into_bytes()
         .map_err(|e| anyhow::anyhow!("serialising a record: {e}"))?;
     Ok(bytes.to_vec())
 }
 
-pub(crate) fn record_from<R: BurnCheckpoint>(bytes: &[u8], what: &str) -> Result<R> {
+/// A record read back from its bytes in a checkpoint; `what` names it in the error.
+pub fn record_from<R: BurnCheckpoint>(bytes: &[u8], what: &str) -> Result<R> {
     R::checkpoint_from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
         .map_err(|e| anyhow::anyhow!("checkpoint's {what} record: {e}"))
 }
@@ -129,8 +158,13 @@ pub fn load_ema(checkpoint: &Checkpoint, device: &Device) -> Result<UNet> {
     Ok(config.init(device).load_record(record))
 }
 
-/// Runs (or resumes) training on `device` and returns what it measured.
-pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
+/// Runs (or resumes) training on `device` and returns what it measured; `hooks` run at the end
+/// of every checkpoint interval.
+pub fn train(
+    options: &TrainOptions,
+    device: &Device,
+    hooks: Vec<Box<dyn IntervalHook>>,
+) -> Result<TrainReport> {
     let config = &options.config;
     let out = &options.out;
     std::fs::create_dir_all(run_dir::samples_dir(out))
@@ -269,7 +303,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainReport> {
                 .iter()
                 .map(|d| d.clone().autodiff())
                 .collect(),
-            fid: None,
+            hooks,
             report: TrainReport {
                 step: start_step,
                 interval_losses: Vec::new(),
@@ -334,14 +368,14 @@ struct RunState {
     error: Option<anyhow::Error>,
     /// The autodiff devices of a data-parallel run (empty or one: a single device).
     devices: Vec<Device>,
-    /// The training images (FID's reference statistics come from them).
+    /// The training images.
     dataset: Arc<dyn hayate_data::ImageSource>,
-    /// FID's network and reference, loaded at the first evaluation.
-    fid: Option<crate::fid::FidEvaluator>,
+    /// The caller's end-of-interval work.
+    hooks: Vec<Box<dyn IntervalHook>>,
 }
 
 /// The learning strategy: one "epoch" per checkpoint interval, EMA after every step, and a
-/// checkpoint, a sample grid and a metrics line at the end of each interval.
+/// checkpoint, a metrics line and the caller's hooks at the end of each interval.
 struct DiffusionStrategy {
     run: Mutex<Option<RunState>>,
     result: Mutex<Option<RunState>>,
@@ -513,7 +547,7 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
     }
 }
 
-/// Writes the checkpoint, the EMA sample grid and the metrics line for the interval just done.
+/// Writes the checkpoint and the metrics line for the interval just done, then runs the hooks.
 fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<()> {
     let step = run.report.step;
     let model = run.model_slot.take(epoch)?;
@@ -536,70 +570,26 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
     };
     let path = checkpoint.save(&run.out, run.config.train.keep_checkpoints)?;
     run.report.checkpoint = Some(path.clone());
-
-    let sampling = &run.config.sampling;
-    let sampler = sampling.ddim();
-    let model = Sampling {
-        model: &run.ema.model,
-        device: &run.inner_device,
-        schedule: &run.schedule,
-        prediction: run.config.diffusion.prediction,
-    };
-    let images = generate(
-        model,
-        &sampler,
-        sampling.grid_images,
-        run.config.train.seed,
-        Guidance::for_grid(&run.ema.model, sampling.grid_images, sampling.cfg_scale).as_ref(),
-    );
-    let grid = run_dir::grid_path(&run.out, step);
-    save_grid(&images, run.ema.model.resolution(), &grid)?;
-
     let line = Event::Checkpoint {
         step,
         loss: mean_loss,
         ema_decay: run.ema.decay_at(step.saturating_sub(1)),
         images_per_second: run.report.images_per_second,
         checkpoint: path.file_name().map(|n| n.to_string_lossy().to_string()),
-        grid: grid
-            .strip_prefix(&run.out)
-            .unwrap_or(&grid)
-            .display()
-            .to_string(),
     };
     run_dir::append(&run.out, &line)?;
-    let eval = &run.config.eval;
-    if eval.fid_every > 0 && step.is_multiple_of(eval.fid_every) {
-        if run.fid.is_none() {
-            run.fid = Some(crate::fid::FidEvaluator::new(
-                eval,
-                run.dataset.as_ref(),
-                &run.inner_device,
-                &cache_dir(),
-            )?);
-        }
-        let evaluator = run.fid.as_ref().expect("loaded above");
-        let fid = evaluator.evaluate(
-            &run.ema.model,
-            &run.schedule,
-            run.config.diffusion.prediction,
-            run.config.sampling.cfg_scale,
-        )?;
-        eprintln!("step {step}: FID {fid:.3} (n = {})", eval.fid_n);
-        run_dir::append(
-            &run.out,
-            &Event::Fid {
-                step,
-                fid,
-                n: eval.fid_n,
-                reference: run.dataset.name(),
-                ddim_steps: eval.fid_ddim_steps,
-            },
-        )?;
-    }
-    // The charts are a view of metrics.jsonl; failing to draw them must not stop training.
-    if let Err(e) = crate::plot::plot_run(&run.out) {
-        eprintln!("warning: charts not refreshed: {e:#}");
+    let end = IntervalEnd {
+        step,
+        config: &run.config,
+        out: &run.out,
+        checkpoint: &path,
+        ema: &run.ema.model,
+        device: &run.inner_device,
+        schedule: &run.schedule,
+        images: &run.dataset,
+    };
+    for hook in &mut run.hooks {
+        hook.run(&end)?;
     }
     // In a terminal Burn's live display owns the screen; elsewhere this line goes to the log.
     if !std::io::stdout().is_terminal() {

@@ -8,6 +8,7 @@ use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::DatasetError;
 use burn::prelude::*;
 use hayate_data::{DataError, ImageSource, image_to_unit_range};
+use hayate_model::DropoutKey;
 use hayate_schedule::{HostRng, NoiseSchedule, Prediction, TimestepSampler, fill_standard_normal};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ pub struct Streams {
     pub timestep: HostRng,
     /// Training noise.
     pub noise: HostRng,
-    /// Seeds for the backend's dropout masks.
+    /// The seeds of the steps' dropout masks.
     pub dropout: HostRng,
 }
 
@@ -111,7 +112,7 @@ pub struct HostBatch {
     pub weight: Vec<f32>,
     /// Mean of t / T over the batch, for the progress display.
     pub mean_t_over_t: f64,
-    /// A seed for the device's dropout masks in this step.
+    /// The seed of this step's dropout masks.
     pub dropout_seed: u64,
 }
 
@@ -234,11 +235,10 @@ fn shuffled(n: usize, rng: &mut impl Rng) -> Vec<u32> {
 }
 
 impl HostBatch {
-    /// Moves the batch to `device`, seeding the device's dropout first.
+    /// Moves the batch to `device`.
     pub fn to_device(&self, device: &Device) -> DenoisingBatch {
         let n = self.t.len();
         let shape = [n, 3, self.size, self.size];
-        device.seed(self.dropout_seed);
         let t: Vec<f32> = self.t.iter().map(|&t| t as f32).collect();
         DenoisingBatch {
             x_t: Tensor::from_data(TensorData::new(self.x_t.clone(), shape), device),
@@ -250,6 +250,10 @@ impl HostBatch {
                 Tensor::from_data(TensorData::new(labels, [n]), device)
             }),
             mean_t_over_t: self.mean_t_over_t,
+            dropout: DropoutKey {
+                seed: self.dropout_seed,
+                first_image: 0,
+            },
         }
     }
 }

@@ -378,17 +378,25 @@ impl Default for EvalConfig {
     }
 }
 
+/// Whether an experiment file is a convergence benchmark (a base `[run]` and `[[method]]`s, as
+/// `experiments/bench-*.toml`) rather than a run config. Unreadable files are not.
+pub fn is_benchmark_file(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|text| is_benchmark_text(&text))
+}
+
+fn is_benchmark_text(text: &str) -> bool {
+    text.parse::<toml::Table>()
+        .is_ok_and(|table| table.contains_key("run") && table.contains_key("method"))
+}
+
 impl RunConfig {
     /// Reads and validates a TOML file; errors name the file and the field.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
-        // A benchmark file (a base `[run]` and `[[method]]`s) fails as a run config with a serde
-        // message about its first key; say what it is and what runs it.
-        if let Ok(table) = text.parse::<toml::Table>()
-            && table.contains_key("run")
-            && table.contains_key("method")
-        {
+        // A benchmark file fails as a run config with a serde message about its first key; say
+        // what it is and what runs it.
+        if is_benchmark_text(&text) {
             bail!(
                 "{} is a convergence benchmark file, not a run config: run it with \
                  `hayate bench convergence --config {}`",
@@ -621,40 +629,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_experiment_file_loads() {
+    fn every_run_config_in_experiments_loads_and_benchmark_files_are_named_as_such() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
-        let mut seen = 0;
+        let (mut runs, mut benchmarks) = (0, 0);
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                let configs = match crate::convergence::is_benchmark_file(&path) {
-                    // A benchmark's methods are each a run config.
-                    true => {
-                        // Given to `hayate train`, it is named for what it is.
-                        let err = format!("{:#}", RunConfig::load(&path).unwrap_err());
-                        assert!(
-                            err.contains("is a convergence benchmark file")
-                                && err.contains("hayate bench convergence --config"),
-                            "{err}"
-                        );
-                        let bench = crate::convergence::BenchConfig::load(&path).unwrap();
-                        assert!(bench.feature_net.is_file(), "{}", path.display());
-                        (0..bench.method.len())
-                            .map(|i| bench.run_config(i, bench.seeds[0]).unwrap())
-                            .collect()
-                    }
-                    false => vec![RunConfig::load(&path).unwrap()],
-                };
-                for config in configs {
-                    // The resolved form parses back to the same config.
-                    assert_eq!(RunConfig::parse(&config.to_toml()).unwrap(), config);
-                }
-                seen += 1;
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            if is_benchmark_file(&path) {
+                // Given to `hayate train`, it is named for what it is (hayate-bench loads it).
+                let err = format!("{:#}", RunConfig::load(&path).unwrap_err());
+                assert!(
+                    err.contains("is a convergence benchmark file")
+                        && err.contains("hayate bench convergence --config"),
+                    "{err}"
+                );
+                benchmarks += 1;
+            } else {
+                let config = RunConfig::load(&path).unwrap();
+                // The resolved form parses back to the same config.
+                assert_eq!(RunConfig::parse(&config.to_toml()).unwrap(), config);
+                runs += 1;
             }
         }
         assert!(
-            seen >= 2,
-            "expected the experiment files in {}",
+            runs >= 2 && benchmarks >= 1,
+            "expected run configs and a benchmark in {}",
             dir.display()
         );
     }
@@ -799,10 +800,7 @@ mod tests {
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.extension().is_some_and(|e| e == "toml")
-                    && !crate::convergence::is_benchmark_file(p)
-            })
+            .filter(|p| p.extension().is_some_and(|e| e == "toml") && !is_benchmark_file(p))
             .collect();
         files.sort();
         std::fs::read_to_string(&files[index % files.len()]).unwrap()

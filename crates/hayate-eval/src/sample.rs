@@ -1,13 +1,13 @@
 //! Sampling from a trained network and writing image grids.
 
-use crate::checkpoint::{Checkpoint, write_atomic};
-use crate::config::RunConfig;
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use hayate_model::UNet;
 use hayate_schedule::{
     Denoiser, HostRng, NoiseSchedule, Prediction, Sampler, fill_standard_normal,
 };
+use hayate_train::checkpoint::{Checkpoint, write_atomic};
+use hayate_train::config::RunConfig;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 
@@ -44,7 +44,7 @@ impl TrainedModel {
     ) -> Result<Self> {
         let config = checkpoint.meta.config.clone();
         let schedule = config.diffusion.schedule()?;
-        let model = crate::train::load_ema(checkpoint, device)?;
+        let model = hayate_train::train::load_ema(checkpoint, device)?;
         Ok(Self {
             path,
             step: checkpoint.step(),
@@ -342,7 +342,8 @@ mod tests {
             num_classes: 3,
             ..hayate_model::UNetConfig::tiny()
         };
-        crate::train::init_unet(&config, 5, device).map(&mut Nudge(HostRng::seed_from_u64(9)))
+        hayate_train::train::init_unet(&config, 5, device)
+            .map(&mut Nudge(HostRng::seed_from_u64(9)))
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! `hayate bench throughput`: images per second of full training steps and of sampling steps,
 //! the FLOP rate they imply, peak memory, and the same figures from PyTorch on the same machine.
 
-use crate::config::RunConfig;
-use crate::sample::{Sampling, generate};
-use crate::train::{TrainOptions, count_params, init_unet, train};
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use hayate_data::{DataError, ImageSource};
+use hayate_eval::sample::{Sampling, generate};
 use hayate_schedule::ddim::Ddim;
+use hayate_train::config::RunConfig;
+use hayate_train::train::{TrainOptions, count_params, init_unet, train};
 use rand::{RngCore, SeedableRng};
 use std::path::Path;
 use std::sync::Arc;
@@ -103,10 +103,6 @@ pub fn throughput(
     config.train.steps = 2 * steps;
     config.train.checkpoint_every = steps;
     config.train.keep_checkpoints = 1;
-    // The end-of-interval grid is not what is measured; keep it minimal.
-    config.sampling.grid_images = 1;
-    config.sampling.ddim_steps = 1;
-    config.eval.fid_every = 0;
     config.validate()?;
     let unet = config.model.resolve()?;
     let batch = config.train.batch_size;
@@ -123,6 +119,8 @@ pub fn throughput(
             images: Some(Arc::new(images)),
         },
         device,
+        // Only the steps are measured: no grids, FID or charts between the intervals.
+        Vec::new(),
     );
     let _ = std::fs::remove_dir_all(&out);
     let report = report?;
@@ -161,9 +159,9 @@ pub fn throughput(
 /// drained after each (so, unlike [`throughput`], nothing overlaps): where a step's time goes.
 /// Averages over `steps` steps after one warm-up step.
 pub fn phases(config: &RunConfig, steps: usize, device: &Device) -> Result<Vec<(String, f64)>> {
-    use crate::batches::{BatchSource, SourceState};
-    use crate::ema::Ema;
-    use crate::step::DenoisingModel;
+    use hayate_train::batches::{BatchSource, SourceState};
+    use hayate_train::ema::Ema;
+    use hayate_train::step::DenoisingModel;
 
     let unet = config.model.resolve()?;
     let train_device = device.clone().autodiff();

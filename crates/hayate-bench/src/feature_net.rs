@@ -4,9 +4,6 @@
 //! shipped as `benches/cifar10-16-features.hfn`; the benchmark reports how its distance ranks
 //! checkpoints against Inception FID's.
 
-use crate::checkpoint::write_atomic;
-use crate::fid::FeatureExtractor;
-use crate::train::{init_seeded, record_bytes, record_from};
 use anyhow::{Context, Result, bail, ensure};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -18,7 +15,10 @@ use burn::tensor::activation::relu;
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
 use hayate_data::ImageSource;
+use hayate_eval::fid::FeatureExtractor;
 use hayate_schedule::HostRng;
+use hayate_train::checkpoint::write_atomic;
+use hayate_train::train::{init_seeded, record_bytes, record_from};
 use rand::{Rng, SeedableRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -337,7 +337,7 @@ pub fn train_feature_net(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::RandomImages;
+    use crate::throughput::RandomImages;
 
     /// Two classes told apart by brightness: the network must learn them, and its file must
     /// round-trip and refuse damage.

@@ -255,7 +255,7 @@ pub fn measure(
     let (mut paired, mut shuffled) = (AgreementSums::new(per), ShiftedPairs::new(per));
     let mut per_step: Vec<(usize, AgreementSums)> = Vec::new();
     let (mut first_a, mut first_b) = (Vec::new(), Vec::new());
-    let mut progress = crate::progress::Countdown::new("pairs", n);
+    let mut progress = hayate_train::progress::Countdown::new("pairs", n);
     for i in 0..n.div_ceil(batch) {
         let count = batch.min(n - i * batch);
         let ta = trajectory(a, sampler, count, batch_seed(seed, i));
@@ -356,7 +356,7 @@ pub fn write(setup: &Setup, measured: &Measured, dir: &Path) -> Result<Vec<PathB
     }
     std::fs::create_dir_all(dir)?;
     let json = dir.join("consistency.json");
-    crate::checkpoint::write_atomic(
+    hayate_train::checkpoint::write_atomic(
         &json,
         format!("{:#}\n", serde_json::to_value(Record { setup, report })?).as_bytes(),
     )?;

@@ -5,7 +5,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::train::metric::{Adaptor, ItemLazy, LossInput};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
-use hayate_model::UNet;
+use hayate_model::{DropoutKey, UNet};
 
 /// The UNet as the Learner trains it: the loss, and gradients clipped by their global norm.
 #[derive(Module, Debug)]
@@ -31,6 +31,8 @@ pub struct DenoisingBatch {
     pub labels: Option<Tensor<1, Int>>,
     /// Mean t / T of the batch (host-side, for the display).
     pub mean_t_over_t: f64,
+    /// The step's dropout masks: its seed and this batch's first image in the step's batch.
+    pub dropout: DropoutKey,
 }
 
 /// What a step reports to the metrics.
@@ -64,9 +66,12 @@ impl DenoisingModel {
     /// Each sample's squared error, averaged over its pixels, times its weight; averaged over
     /// the batch.
     pub fn loss(&self, batch: &DenoisingBatch) -> Tensor<1> {
-        let out =
-            self.unet
-                .forward_labelled(batch.x_t.clone(), batch.t.clone(), batch.labels.clone());
+        let out = self.unet.forward_training(
+            batch.x_t.clone(),
+            batch.t.clone(),
+            batch.labels.clone(),
+            batch.dropout,
+        );
         let [n, c, h, w] = out.dims();
         let per_sample = (out - batch.target.clone())
             .powi_scalar(2)
@@ -93,6 +98,11 @@ impl DenoisingBatch {
                 .as_ref()
                 .map(|l| l.clone().narrow(0, start, len).to_device(device)),
             mean_t_over_t: self.mean_t_over_t,
+            // The shard's images keep their places in the step's batch, and so their masks.
+            dropout: DropoutKey {
+                first_image: self.dropout.first_image + start,
+                ..self.dropout
+            },
         }
     }
 }

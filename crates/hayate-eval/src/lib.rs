@@ -1,0 +1,10 @@
+//! Evaluating hayate models: sampling from a checkpoint and writing grids, FID (statistics, the
+//! reference cache, the Inception network), the consistency measurement, and the PNG charts; and
+//! the training run's end-of-interval hooks built from them ([`interval`]).
+
+pub mod consistency;
+pub mod fid;
+pub mod inception;
+pub mod interval;
+pub mod plot;
+pub mod sample;
