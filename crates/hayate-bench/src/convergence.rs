@@ -13,7 +13,7 @@ use hayate_eval::fid::{
 };
 use hayate_eval::plot::{Chart, Series};
 use hayate_eval::sample::TrainedModel;
-use hayate_schedule::ddim::Ddim;
+use hayate_schedule::{SamplerSpec, Solver};
 use hayate_train::checkpoint::{Checkpoint, write_atomic};
 use hayate_train::config::RunConfig;
 use hayate_train::train::{TrainOptions, cache_dir, train};
@@ -33,7 +33,10 @@ pub struct BenchConfig {
     pub eval_every: u64,
     /// Samples per score.
     pub eval_n: usize,
-    /// DDIM steps (eta 0) of those samples.
+    /// The sampler of those samples: `"ddim"` (eta 0, the default) or `"dpmpp-2m"`.
+    #[serde(default)]
+    pub eval_sampler: Solver,
+    /// Its steps.
     pub eval_ddim_steps: usize,
     /// Seed of the evaluation noise: the same for every checkpoint and method, so scores differ
     /// by the models only.
@@ -170,6 +173,10 @@ impl BenchConfig {
             self.ref_n,
             self.inception.as_ref().filter(|_| inception)
         ));
+        // Results scored with DDIM, from before the sampler could be chosen, stay valid.
+        if self.eval_sampler != Solver::Ddim {
+            h.update(self.eval_sampler.name());
+        }
         h.update(features);
         h.finalize()[..12]
             .iter()
@@ -393,10 +400,15 @@ fn score(
 ) -> Result<Score> {
     let trained =
         TrainedModel::from_checkpoint(path.to_path_buf(), &Checkpoint::load(path)?, device)?;
-    let sampler = Ddim::new(bench.eval_ddim_steps, 0.0);
+    let sampler = SamplerSpec {
+        solver: bench.eval_sampler,
+        steps: bench.eval_ddim_steps,
+        eta: 0.0,
+    }
+    .build();
     let batches: Vec<_> = sample_batches(
         trained.sampling(),
-        &sampler,
+        sampler.as_ref(),
         bench.eval_n,
         64,
         bench.eval_seed,

@@ -439,7 +439,8 @@ impl FidEvaluator {
         })
     }
 
-    /// The FID of `model`'s samples (DDIM, eta 0, seed 0: the same noise every time).
+    /// The FID of `model`'s samples (`eval`'s deterministic sampler, seed 0: the same noise every
+    /// time).
     pub fn evaluate(
         &self,
         model: &hayate_model::UNet,
@@ -447,7 +448,7 @@ impl FidEvaluator {
         prediction: hayate_schedule::Prediction,
         cfg_scale: f64,
     ) -> Result<f64> {
-        let sampler = self.config.ddim();
+        let sampler = self.config.sampler().build();
         let model = crate::sample::Sampling {
             model,
             device: self.net.device(),
@@ -456,7 +457,7 @@ impl FidEvaluator {
         };
         let batches = sample_batches(
             model,
-            &sampler,
+            sampler.as_ref(),
             self.config.fid_n,
             self.config.fid_batch,
             0,

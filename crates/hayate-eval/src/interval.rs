@@ -37,7 +37,7 @@ impl IntervalHook for SampleGrid {
         let sampling = &end.config.sampling;
         let images = generate(
             ema_sampling(end),
-            &sampling.ddim(),
+            sampling.sampler().build().as_ref(),
             sampling.grid_images,
             end.config.train.seed,
             Guidance::for_grid(end.ema, sampling.grid_images, sampling.cfg_scale).as_ref(),
@@ -93,6 +93,7 @@ impl IntervalHook for Fid {
                 fid,
                 n: eval.fid_n,
                 reference: end.images.name(),
+                sampler: eval.fid_sampler.name().into(),
                 ddim_steps: eval.fid_ddim_steps,
             },
         )

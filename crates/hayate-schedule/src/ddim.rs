@@ -1,7 +1,7 @@
 //! DDIM sampling (Song et al. 2021): any number of steps, with `eta` from deterministic (0) to
 //! DDPM-like (1).
 
-use crate::sampler::{Sampler, x0_and_eps};
+use crate::sampler::{Sampler, trailing_timesteps, x0_and_eps};
 use crate::{NoiseSchedule, Prediction};
 use serde::{Deserialize, Serialize};
 
@@ -35,16 +35,7 @@ impl Ddim {
 
 impl Sampler for Ddim {
     fn timesteps(&self, schedule: &NoiseSchedule) -> Vec<usize> {
-        let total = schedule.steps();
-        let steps = self.steps.clamp(1, total);
-        // Evenly spaced ("trailing") so the first step starts at T-1 and the last reaches 0's
-        // neighbourhood: t_i = round((i + 1) T / S) - 1.
-        let mut ts: Vec<usize> = (0..steps)
-            .map(|i| (((i + 1) * total) as f64 / steps as f64).round() as usize - 1)
-            .collect();
-        ts.dedup();
-        ts.reverse();
-        ts
+        trailing_timesteps(schedule, self.steps)
     }
 
     fn noise_std(&self, schedule: &NoiseSchedule, t: usize, t_prev: Option<usize>) -> f64 {

@@ -3,12 +3,13 @@
 //! Everything here runs on the CPU, from explicit seeded generators, so every backend and every
 //! GPU sees the same numbers: the noise schedules and forward-process coefficients
 //! ([`NoiseSchedule`]), the prediction targets ([`Prediction`]), the timestep samplers
-//! ([`TimestepSampler`]), and the DDPM and DDIM samplers ([`ddpm`], [`ddim`]) that take the
-//! model as a [`Denoiser`].
+//! ([`TimestepSampler`]), and the DDPM, DDIM and DPM-Solver++(2M) samplers ([`ddpm`], [`ddim`],
+//! [`dpm_solver`]) that take the model as a [`Denoiser`].
 
 pub mod ddim;
 pub mod ddpm;
 mod denoiser;
+pub mod dpm_solver;
 mod momentum;
 mod noise;
 mod prediction;
@@ -22,6 +23,6 @@ pub use momentum::{Compensation, MomentumDecay, MomentumSchedule, MomentumShape}
 pub use noise::{BetaSchedule, NoiseSchedule, ScheduleError};
 pub use prediction::Prediction;
 pub use rng::{HostRng, fill_standard_normal, standard_normal};
-pub use sampler::Sampler;
+pub use sampler::{Sampler, SamplerSpec, Solver};
 pub use timesteps::{TimestepSampler, TimestepSamplerConfig};
 pub use weights::LossWeight;

@@ -1,7 +1,54 @@
-//! The reverse-process loop shared by the DDPM and DDIM samplers.
+//! The reverse-process loop shared by the one-step samplers (DDPM, DDIM), and what every sampler
+//! uses: the trailing timesteps and (x_0, eps) from the network's output.
 
 use crate::{Denoiser, NoiseSchedule, Prediction, fill_standard_normal};
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+/// The samplers that take a step count, as a config names them (`"ddim"`, `"dpmpp-2m"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Solver {
+    /// DDIM ([`crate::ddim::Ddim`]), stochastic with eta > 0.
+    #[default]
+    #[serde(rename = "ddim")]
+    Ddim,
+    /// DPM-Solver++(2M) ([`crate::dpm_solver::DpmSolverPp`]), deterministic.
+    #[serde(rename = "dpmpp-2m")]
+    DpmPp2m,
+}
+
+impl Solver {
+    /// How configs and the command line spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ddim => "ddim",
+            Self::DpmPp2m => "dpmpp-2m",
+        }
+    }
+}
+
+/// A [`Solver`] with its settings: what a run's `[sampling]` or `[eval]` section, or the command
+/// line, chooses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplerSpec {
+    /// Which sampler.
+    pub solver: Solver,
+    /// Its steps (network evaluations).
+    pub steps: usize,
+    /// DDIM's eta (DPM-Solver++ draws no noise and takes none).
+    pub eta: f64,
+}
+
+impl SamplerSpec {
+    /// The sampler, clipping the predicted x_0 as every hayate sampler does: the one place the
+    /// grids, `hayate sample`, FID and the benchmarks build theirs.
+    pub fn build(&self) -> Box<dyn Sampler> {
+        match self.solver {
+            Solver::Ddim => Box::new(crate::ddim::Ddim::new(self.steps, self.eta)),
+            Solver::DpmPp2m => Box::new(crate::dpm_solver::DpmSolverPp::new(self.steps)),
+        }
+    }
+}
 
 /// A reverse-process sampler: which timesteps it visits, and how it steps between them.
 pub trait Sampler {
@@ -43,12 +90,7 @@ pub trait Sampler {
         let mut z = vec![0f32; x.len()];
         for (i, &t) in steps.iter().enumerate() {
             let t_prev = steps.get(i + 1).copied();
-            let out = denoiser.predict(&x, &vec![t; n]);
-            assert_eq!(
-                out.len(),
-                x.len(),
-                "the denoiser must return one value per input value"
-            );
+            let out = predict(denoiser, &x, t, n);
             if self.noise_std(schedule, t, t_prev) > 0.0 {
                 fill_standard_normal(rng, &mut z);
             } else {
@@ -62,6 +104,31 @@ pub trait Sampler {
         }
         x
     }
+}
+
+/// The network's output for the `n` images `x`, all at timestep `t`: one value per input value.
+pub(crate) fn predict(denoiser: &mut dyn Denoiser, x: &[f32], t: usize, n: usize) -> Vec<f32> {
+    let out = denoiser.predict(x, &vec![t; n]);
+    assert_eq!(
+        out.len(),
+        x.len(),
+        "the denoiser must return one value per input value"
+    );
+    out
+}
+
+/// `steps` timesteps (clamped to 1..=T) evenly spaced ("trailing"), from the noisiest down: the
+/// first is T-1 and the last reaches 0's neighbourhood, t_i = round((i + 1) T / S) - 1. What DDIM
+/// and DPM-Solver++ visit, as diffusers' `timestep_spacing="trailing"` does.
+pub(crate) fn trailing_timesteps(schedule: &NoiseSchedule, steps: usize) -> Vec<usize> {
+    let total = schedule.steps();
+    let steps = steps.clamp(1, total);
+    let mut ts: Vec<usize> = (0..steps)
+        .map(|i| (((i + 1) * total) as f64 / steps as f64).round() as usize - 1)
+        .collect();
+    ts.dedup();
+    ts.reverse();
+    ts
 }
 
 /// (x_0, eps) from the network output at `t`, with x_0 clipped to [-1, 1] when `clip` is set and

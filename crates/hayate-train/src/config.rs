@@ -5,7 +5,7 @@ use hayate_model::UNetConfig;
 use hayate_schedule::ddpm::PosteriorVariance;
 use hayate_schedule::{
     BetaSchedule, LossWeight, MomentumDecay, MomentumSchedule, NoiseSchedule, Prediction,
-    TimestepSamplerConfig,
+    SamplerSpec, Solver, TimestepSamplerConfig,
 };
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -311,9 +311,11 @@ impl Default for DataConfig {
 pub struct SamplingConfig {
     /// Images per grid.
     pub grid_images: usize,
-    /// DDIM steps for the grids.
+    /// The grids' sampler: `"ddim"` or `"dpmpp-2m"` (DPM-Solver++(2M)).
+    pub sampler: Solver,
+    /// The grids' sampler steps (DDIM's or DPM-Solver++'s; the name is DDIM's for old configs).
     pub ddim_steps: usize,
-    /// DDIM eta for the grids.
+    /// DDIM eta for the grids (0 with `"dpmpp-2m"`, which draws no noise).
     pub eta: f64,
     /// The DDPM sampler's variance.
     pub ddpm_variance: PosteriorVariance,
@@ -326,6 +328,7 @@ impl Default for SamplingConfig {
     fn default() -> Self {
         Self {
             grid_images: 64,
+            sampler: Solver::Ddim,
             ddim_steps: 50,
             eta: 0.0,
             ddpm_variance: PosteriorVariance::FixedLarge,
@@ -344,7 +347,9 @@ pub struct EvalConfig {
     pub fid_every: u64,
     /// Images per FID (FID depends on n: compare values at the same n only).
     pub fid_n: usize,
-    /// DDIM steps for the FID samples.
+    /// The FID samples' sampler: `"ddim"` (eta 0) or `"dpmpp-2m"`.
+    pub fid_sampler: Solver,
+    /// The FID samples' sampler steps.
     pub fid_ddim_steps: usize,
     /// Images per batch through the sampler and Inception.
     pub fid_batch: usize,
@@ -354,15 +359,23 @@ pub struct EvalConfig {
 
 impl SamplingConfig {
     /// The grids' sampler, also `hayate sample`'s and `hayate consistency`'s default.
-    pub fn ddim(&self) -> hayate_schedule::ddim::Ddim {
-        hayate_schedule::ddim::Ddim::new(self.ddim_steps, self.eta)
+    pub fn sampler(&self) -> SamplerSpec {
+        SamplerSpec {
+            solver: self.sampler,
+            steps: self.ddim_steps,
+            eta: self.eta,
+        }
     }
 }
 
 impl EvalConfig {
     /// FID's sampler (deterministic), also `hayate eval fid`'s default.
-    pub fn ddim(&self) -> hayate_schedule::ddim::Ddim {
-        hayate_schedule::ddim::Ddim::new(self.fid_ddim_steps, 0.0)
+    pub fn sampler(&self) -> SamplerSpec {
+        SamplerSpec {
+            solver: self.fid_sampler,
+            steps: self.fid_ddim_steps,
+            eta: 0.0,
+        }
     }
 }
 
@@ -371,6 +384,7 @@ impl Default for EvalConfig {
         Self {
             fid_every: 0,
             fid_n: 5000,
+            fid_sampler: Solver::Ddim,
             fid_ddim_steps: 100,
             fid_batch: 50,
             inception_weights: None,
@@ -503,6 +517,13 @@ impl RunConfig {
         }
         if !(0.0..=1.0).contains(&s.eta) {
             bail!("sampling.eta must be in [0, 1], got {}", s.eta);
+        }
+        if s.sampler == Solver::DpmPp2m && s.eta != 0.0 {
+            bail!(
+                "sampling.eta is {}, but sampling.sampler = \"dpmpp-2m\" draws no noise: set \
+                 eta = 0 or sampler = \"ddim\"",
+                s.eta
+            );
         }
         let e = &self.eval;
         if e.fid_every > 0 {
@@ -680,6 +701,27 @@ mod tests {
         let decay = "[train]\nmomentum = { beta_end = 0.5, k_start = 20, k_end = 10, \
                      shape = \"linear\", compensation = \"none\" }\n";
         assert!(err(&format!("{base}{decay}")).contains("k_end (10) must not come before"));
+        let solver = |text: &str| RunConfig::parse(&format!("{base}{text}"));
+        let dpm =
+            solver("[sampling]\nsampler = \"dpmpp-2m\"\n[eval]\nfid_sampler = \"dpmpp-2m\"\n")
+                .unwrap();
+        assert_eq!(
+            dpm.sampling
+                .sampler()
+                .build()
+                .timesteps(&NoiseSchedule::ddpm())
+                .len(),
+            50
+        );
+        assert_eq!(dpm.eval.sampler().solver, Solver::DpmPp2m);
+        assert!(err(&format!("{base}[sampling]\nsampler = \"euler\"\n")).contains("euler"));
+        let noisy = err(&format!(
+            "{base}[sampling]\nsampler = \"dpmpp-2m\"\neta = 0.5\n"
+        ));
+        assert!(
+            noisy.contains("sampling.eta") && noisy.contains("dpmpp-2m"),
+            "{noisy}"
+        );
     }
 
     /// Values that break parsers: wrong types, out of range, non-finite, huge, nested.

@@ -83,7 +83,9 @@ pub enum Event {
         n: usize,
         /// The reference set (the run's training images).
         reference: String,
-        /// DDIM steps of the samples.
+        /// The samples' sampler (`ddim`, `dpmpp-2m`).
+        sampler: String,
+        /// Its steps (the name is DDIM's, kept for the logs of earlier runs).
         ddim_steps: usize,
     },
     /// A resume that accepted a changed config.

@@ -57,12 +57,12 @@ impl Args {
         }
         let sampler = self
             .sampler
-            .build(a.config.sampling.ddim(), &a.schedule, &a.config)?;
+            .build(a.config.sampling.sampler(), &a.schedule, &a.config)?;
         let measured = measure(&a, &b, sampler.as_ref(), self.n, self.batch, self.seed)?;
         let setup = Setup {
             a: a.path.clone(),
             b: b.path.clone(),
-            sampler: self.sampler.name(),
+            sampler: self.sampler.name(a.config.sampling.sampler()),
             steps: sampler.timesteps(&a.schedule).len(),
             seed: self.seed,
         };

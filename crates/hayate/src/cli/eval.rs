@@ -148,10 +148,15 @@ impl FidArgs {
             "inception_weights": weights.display().to_string(),
         });
         // Samples: which step's model drew them, and how.
-        if let Some((step, taken)) = drawn {
+        if let Some(Drawn {
+            step,
+            sampler,
+            steps,
+        }) = drawn
+        {
             result["step"] = step.into();
-            result["sampler"] = self.sampler.name().into();
-            result["steps"] = taken.into();
+            result["sampler"] = sampler.into();
+            result["steps"] = steps.into();
             result["seed"] = self.seed.into();
         }
         if let Some(out) = &self.out {
@@ -194,16 +199,12 @@ impl FidArgs {
         })
     }
 
-    /// The model's samples, with the step that drew them and the sampler's steps taken.
-    fn sample_side(
-        &self,
-        net: &FidInception,
-        trained: &TrainedModel,
-    ) -> Result<(Side, (u64, usize))> {
+    /// The model's samples, and how they were drawn.
+    fn sample_side(&self, net: &FidInception, trained: &TrainedModel) -> Result<(Side, Drawn)> {
         let config = &trained.config;
         let sampler = self
             .sampler
-            .build(config.eval.ddim(), &trained.schedule, config)?;
+            .build(config.eval.sampler(), &trained.schedule, config)?;
         eprintln!("sampling {} images from {}", self.n, trained.path.display());
         let batches = sample_batches(
             trained.sampling(),
@@ -219,6 +220,21 @@ impl FidArgs {
             name: trained.path.display().to_string(),
             stats,
         };
-        Ok((side, (trained.step, taken)))
+        let drawn = Drawn {
+            step: trained.step,
+            sampler: self.sampler.name(config.eval.sampler()),
+            steps: taken,
+        };
+        Ok((side, drawn))
     }
+}
+
+/// How the samples an FID was taken of were drawn.
+struct Drawn {
+    /// The training step of the checkpoint.
+    step: u64,
+    /// The sampler, as the command line spells it.
+    sampler: String,
+    /// The steps it took.
+    steps: usize,
 }

@@ -3,9 +3,8 @@
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use clap::{Args, ValueEnum};
-use hayate_schedule::ddim::Ddim;
 use hayate_schedule::ddpm::Ddpm;
-use hayate_schedule::{NoiseSchedule, Sampler};
+use hayate_schedule::{NoiseSchedule, Sampler, SamplerSpec, Solver};
 use hayate_train::backend::{BackendChoice, select};
 use hayate_train::config::RunConfig;
 use std::path::PathBuf;
@@ -41,10 +40,11 @@ pub struct DataArgs {
 /// How images are drawn from a model.
 #[derive(Debug, Clone, Args)]
 pub struct SamplerArgs {
-    /// The reverse process.
-    #[arg(long, value_enum, default_value_t = SamplerChoice::Ddim)]
-    pub sampler: SamplerChoice,
-    /// DDIM steps (default: the run's sampling.ddim_steps; for `eval fid`, its
+    /// The reverse process (default: the run's sampling.sampler; for `eval fid`, its
+    /// eval.fid_sampler).
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerChoice>,
+    /// DDIM or DPM-Solver++ steps (default: the run's sampling.ddim_steps; for `eval fid`, its
     /// eval.fid_ddim_steps). DDPM always takes all T steps.
     #[arg(long)]
     pub steps: Option<usize>,
@@ -60,37 +60,55 @@ pub enum SamplerChoice {
     Ddpm,
     /// DDIM over `--steps` steps.
     Ddim,
+    /// DPM-Solver++(2M) over `--steps` steps (deterministic; k-diffusion's `dpmpp_2m`,
+    /// diffusers' `DPMSolverMultistepScheduler`).
+    #[value(name = "dpmpp-2m")]
+    DpmPp2m,
 }
 
 impl SamplerArgs {
-    /// The sampler: flags given on the command line, the rest from `default` (the run's DDIM
-    /// settings), checked against the run's schedule.
+    /// The sampler: flags given on the command line, the rest from `default` (the run's
+    /// `[sampling]` or `[eval]` choice), checked against the run's schedule.
     pub fn build(
         &self,
-        default: Ddim,
+        default: SamplerSpec,
         schedule: &NoiseSchedule,
         config: &RunConfig,
     ) -> Result<Box<dyn Sampler>> {
+        let solver = match self.sampler {
+            None => default.solver,
+            Some(SamplerChoice::Ddim) => Solver::Ddim,
+            Some(SamplerChoice::DpmPp2m) => Solver::DpmPp2m,
+            Some(SamplerChoice::Ddpm) => {
+                return Ok(Box::new(Ddpm {
+                    variance: config.sampling.ddpm_variance,
+                    clip_x0: true,
+                }));
+            }
+        };
         let steps = self.steps.unwrap_or(default.steps);
-        let eta = self.eta.unwrap_or(default.eta);
         if steps == 0 || steps > schedule.steps() {
             bail!("--steps must be in 1..={}, got {steps}", schedule.steps());
         }
+        let eta = match solver {
+            Solver::Ddim => self.eta.unwrap_or(default.eta),
+            Solver::DpmPp2m => 0.0,
+        };
         if !(0.0..=1.0).contains(&eta) {
             bail!("--eta must be in [0, 1], got {eta}");
         }
-        Ok(match self.sampler {
-            SamplerChoice::Ddim => Box::new(Ddim::new(steps, eta)),
-            SamplerChoice::Ddpm => Box::new(Ddpm {
-                variance: config.sampling.ddpm_variance,
-                clip_x0: true,
-            }),
-        })
+        if solver == Solver::DpmPp2m && self.eta.is_some_and(|eta| eta != 0.0) {
+            bail!("--eta does not apply to dpmpp-2m, which draws no noise");
+        }
+        Ok(SamplerSpec { solver, steps, eta }.build())
     }
 
-    /// How the command line spells the sampler.
-    pub fn name(&self) -> String {
-        choice_name(self.sampler)
+    /// How the command line spells the sampler, `default` being the run's choice.
+    pub fn name(&self, default: SamplerSpec) -> String {
+        match self.sampler {
+            Some(choice) => choice_name(choice),
+            None => default.solver.name().into(),
+        }
     }
 }
 

@@ -100,6 +100,37 @@ mod tests {
             (Some(5), Some(2), true)
         );
         assert!(Cli::try_parse_from(["hayate", "sample", "--sampler", "euler"]).is_err());
+        let dpm = [
+            "hayate",
+            "sample",
+            "--checkpoint",
+            "r",
+            "--sampler",
+            "dpmpp-2m",
+        ];
+        let Command::Sample(args) = Cli::try_parse_from(dpm).unwrap().command else {
+            panic!("{dpm:?} is not a sample command");
+        };
+        assert_eq!(args.sampler.sampler, Some(SamplerChoice::DpmPp2m));
+        // Flags override the run's choice one by one; DPM-Solver++ refuses an eta.
+        let config =
+            hayate_train::config::RunConfig::parse("[model]\npreset = \"tiny\"\n").unwrap();
+        let schedule = config.diffusion.schedule().unwrap();
+        let default = config.sampling.sampler();
+        let sampler = args.sampler.build(default, &schedule, &config).unwrap();
+        assert_eq!(sampler.timesteps(&schedule).len(), default.steps);
+        assert_eq!(args.sampler.name(default), "dpmpp-2m");
+        let mut noisy = args.sampler.clone();
+        noisy.eta = Some(0.3);
+        let err = noisy
+            .build(default, &schedule, &config)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("--eta") && err.contains("dpmpp-2m"), "{err}");
+        noisy.sampler = None;
+        assert_eq!(noisy.name(default), "ddim");
+        assert!(noisy.build(default, &schedule, &config).is_ok());
         // The shared groups parse the same way in every subcommand that flattens them.
         let heads: [&[&str]; 3] = [
             &["sample", "--checkpoint", "r"],

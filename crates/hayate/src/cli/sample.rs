@@ -58,7 +58,7 @@ impl Args {
         let config = &trained.config;
         let sampler = self
             .sampler
-            .build(config.sampling.ddim(), &trained.schedule, config)?;
+            .build(config.sampling.sampler(), &trained.schedule, config)?;
         let scale = self.cfg_scale.unwrap_or(config.sampling.cfg_scale);
         let classes = trained.model.num_classes();
         let guidance = match self.class {
