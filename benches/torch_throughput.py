@@ -128,6 +128,8 @@ def main():
                 "torch": torch.__version__,
                 "device": str(device),
                 "threads": torch.get_num_threads(),
+                # The widest CPU kernels PyTorch dispatches to here (DEFAULT, AVX2, AVX512).
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                 "cpus": os.cpu_count(),
             }
         )

@@ -4,6 +4,7 @@ use super::flags::{DataArgs, DeviceArgs, default_run_dir};
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use clap::Subcommand;
+use hayate_bench::processor::Processor;
 use hayate_bench::throughput::Throughput;
 use hayate_data::Split;
 use hayate_train::backend::BackendChoice;
@@ -92,9 +93,12 @@ impl ThroughputArgs {
         run_config.train.batch_size = batch;
         let name = run_config.model.preset.clone();
         let (device, why) = self.device.select()?;
+        // Every CPU figure names its processor: ratios to PyTorch differ between processors.
+        let processor = Processor::detect();
+        println!("processor: {}", processor.describe());
         let ours = hayate_bench::throughput::throughput(&run_config, steps, sample_steps, &device)?;
         print_ours(&name, batch, &why, &ours);
-        let mut result = json!({ "hayate": ours, "device": why });
+        let mut result = json!({ "hayate": ours, "device": why, "processor": processor });
         if self.phases {
             self.phases(&run_config, &device, &mut result)?;
         }
@@ -195,9 +199,12 @@ fn print_ratios(ours: &Throughput, torch: &Value, result: &Value) {
         rate("sample_image_steps_per_second"),
     );
     println!(
-        "PyTorch {} on {} ({} parameters): training {train:.2} img/s; sampling {sample:.2} \
-         image-steps/s",
-        torch["torch"], torch["device"], torch["params"]
+        "PyTorch {} on {} ({} parameters, CPU kernels {}): training {train:.2} img/s; sampling \
+         {sample:.2} image-steps/s",
+        torch["torch"],
+        torch["device"],
+        torch["params"],
+        torch["cpu_capability"].as_str().unwrap_or("not reported")
     );
     println!(
         "hayate / PyTorch: training {:.3}x, sampling {:.3}x",
