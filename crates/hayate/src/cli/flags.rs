@@ -75,6 +75,14 @@ impl SamplerArgs {
         schedule: &NoiseSchedule,
         config: &RunConfig,
     ) -> Result<Box<dyn Sampler>> {
+        let steps = self.steps.unwrap_or(default.steps);
+        if steps == 0 || steps > schedule.steps() {
+            bail!("--steps must be in 1..={}, got {steps}", schedule.steps());
+        }
+        let eta = self.eta.unwrap_or(default.eta);
+        if !(0.0..=1.0).contains(&eta) {
+            bail!("--eta must be in [0, 1], got {eta}");
+        }
         let solver = match self.sampler {
             None => default.solver,
             Some(SamplerChoice::Ddim) => Solver::Ddim,
@@ -86,20 +94,14 @@ impl SamplerArgs {
                 }));
             }
         };
-        let steps = self.steps.unwrap_or(default.steps);
-        if steps == 0 || steps > schedule.steps() {
-            bail!("--steps must be in 1..={}, got {steps}", schedule.steps());
-        }
         let eta = match solver {
-            Solver::Ddim => self.eta.unwrap_or(default.eta),
+            Solver::Ddim => eta,
+            // The run's DDIM eta does not carry over; one given on the command line is refused.
+            Solver::DpmPp2m if self.eta.is_some_and(|eta| eta != 0.0) => {
+                bail!("--eta does not apply to dpmpp-2m, which draws no noise")
+            }
             Solver::DpmPp2m => 0.0,
         };
-        if !(0.0..=1.0).contains(&eta) {
-            bail!("--eta must be in [0, 1], got {eta}");
-        }
-        if solver == Solver::DpmPp2m && self.eta.is_some_and(|eta| eta != 0.0) {
-            bail!("--eta does not apply to dpmpp-2m, which draws no noise");
-        }
         Ok(SamplerSpec { solver, steps, eta }.build())
     }
 
