@@ -573,6 +573,7 @@ pub fn run(
                         data_dir: None,
                         out: dir.clone(),
                         resume: done_steps > 0,
+                        init: None,
                         allow_config_change: false,
                         devices: Vec::new(),
                         images: Some(images.clone()),

@@ -114,6 +114,7 @@ pub fn throughput(
             data_dir: None,
             out: out.clone(),
             resume: false,
+            init: None,
             allow_config_change: false,
             devices: Vec::new(),
             images: Some(Arc::new(images)),

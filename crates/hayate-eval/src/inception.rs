@@ -13,6 +13,8 @@ use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use std::collections::HashMap;
 use std::path::Path;
 
+pub use hayate_model::HostTensor;
+
 /// The network's input size.
 pub const INPUT_SIZE: usize = 299;
 /// Features per image.
@@ -20,56 +22,10 @@ pub const FEATURES: usize = 2048;
 /// pytorch-fid's batch norm epsilon (TensorFlow's default).
 const BN_EPS: f64 = 1e-3;
 
-/// A tensor read from a weights file: shape and f32 values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostTensor {
-    /// Dimensions.
-    pub shape: Vec<usize>,
-    /// Values, row-major.
-    pub values: Vec<f32>,
-}
-
-/// Reads every f32 tensor of a `.safetensors`, `.pth` or `.pt` file by name.
+/// Reads the network's weights (see [`crate::weights::read`]).
 pub fn read_weights(path: &Path) -> Result<HashMap<String, HostTensor>> {
-    let context = || format!("reading Inception weights {}", path.display());
-    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
-    let mut out = HashMap::new();
-    if is_safetensors {
-        let bytes = std::fs::read(path).with_context(context)?;
-        let file = safetensors::SafeTensors::deserialize(&bytes).with_context(context)?;
-        for (name, view) in file.tensors() {
-            if view.dtype() != safetensors::Dtype::F32 {
-                continue;
-            }
-            out.insert(
-                name,
-                HostTensor {
-                    shape: view.shape().to_vec(),
-                    values: f32_le(view.data()),
-                },
-            );
-        }
-    } else {
-        let reader = pytorch_reader::PytorchReader::new(path).with_context(context)?;
-        for (name, tensor) in reader.into_tensors() {
-            if tensor.dtype() != pytorch_reader::DType::F32 {
-                continue;
-            }
-            let shape = tensor.shape().to_vec();
-            let values = f32_le(&tensor.read().with_context(context)?);
-            out.insert(name, HostTensor { shape, values });
-        }
-    }
-    ensure!(!out.is_empty(), "{}: no f32 tensors", path.display());
-    Ok(out)
-}
-
-/// Little-endian f32 values.
-fn f32_le(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().expect("chunks of 4 bytes")))
-        .collect()
+    crate::weights::read(path)
+        .with_context(|| format!("reading Inception weights {}", path.display()))
 }
 
 /// A convolution followed by batch norm (folded in) and ReLU.

@@ -5,6 +5,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
+use serde::{Deserialize, Serialize};
 
 /// A 3x3 convolution with "same" padding and the given stride.
 pub(crate) fn conv3x3(cin: usize, cout: usize, stride: usize, device: &Device) -> Conv2d {
@@ -29,8 +30,10 @@ pub(crate) fn zero_conv(cin: usize, cout: usize, kernel: usize, device: &Device)
         .init(device)
 }
 
-pub(crate) fn group_norm(groups: usize, channels: usize, device: &Device) -> GroupNorm {
-    GroupNormConfig::new(groups, channels).init(device)
+pub(crate) fn group_norm(groups: usize, channels: usize, eps: f64, device: &Device) -> GroupNorm {
+    GroupNormConfig::new(groups, channels)
+        .with_epsilon(eps)
+        .init(device)
 }
 
 /// Sinusoidal embedding of the timestep followed by a two-layer MLP, as in DDPM.
@@ -69,6 +72,20 @@ impl TimestepEmbedding {
         let emb = Tensor::cat(vec![angles.clone().sin(), angles.cos()], 1);
         self.dense1.forward(silu(self.dense0.forward(emb)))
     }
+}
+
+/// Where a strided downsampling convolution pads its input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DownsamplePadding {
+    /// One pixel on every side, so each output pixel is centred on an even input pixel
+    /// (guided-diffusion, diffusers' `downsample_padding = 1`).
+    #[default]
+    Both,
+    /// One pixel after (bottom and right) only: TensorFlow's "SAME" for a stride of 2, as the
+    /// original DDPM code ran it (diffusers' `downsample_padding = 0`, the DDPM weights it
+    /// publishes).
+    After,
 }
 
 /// How a residual block changes the resolution (ADM's `resblock_updown`).
@@ -135,6 +152,8 @@ pub struct ResBlockConfig {
     pub time_dim: usize,
     /// GroupNorm groups.
     pub groups: usize,
+    /// GroupNorm epsilon.
+    pub eps: f64,
     /// Dropout probability.
     pub dropout: f64,
     /// Timestep as scale and shift after the second norm instead of a sum before it.
@@ -148,10 +167,10 @@ impl ResBlockConfig {
     pub fn init(&self, device: &Device) -> ResBlock {
         let time_out = if self.scale_shift { 2 } else { 1 } * self.cout;
         ResBlock {
-            norm0: group_norm(self.groups, self.cin, device),
+            norm0: group_norm(self.groups, self.cin, self.eps, device),
             conv0: conv3x3(self.cin, self.cout, 1, device),
             time_proj: LinearConfig::new(self.time_dim, time_out).init(device),
-            norm1: group_norm(self.groups, self.cout, device),
+            norm1: group_norm(self.groups, self.cout, self.eps, device),
             dropout: self.dropout,
             conv1: zero_conv(self.cout, self.cout, 3, device),
             skip: (self.cin != self.cout).then(|| conv1x1(self.cin, self.cout, device)),
@@ -231,14 +250,14 @@ pub struct AttentionBlock {
 
 impl AttentionBlock {
     /// Attention over `channels`-wide feature maps with `heads` heads (`channels` must be a
-    /// multiple of `heads`).
-    pub fn new(channels: usize, heads: usize, groups: usize, device: &Device) -> Self {
+    /// multiple of `heads`), after a GroupNorm of `groups` groups and epsilon `eps`.
+    pub fn new(channels: usize, heads: usize, groups: usize, eps: f64, device: &Device) -> Self {
         assert!(
             heads > 0 && channels.is_multiple_of(heads),
             "{channels} channels cannot be split into {heads} heads"
         );
         Self {
-            norm: group_norm(groups, channels, device),
+            norm: group_norm(groups, channels, eps, device),
             query: conv1x1(channels, channels, device),
             key: conv1x1(channels, channels, device),
             value: conv1x1(channels, channels, device),
@@ -272,11 +291,16 @@ pub struct Downsample {
 }
 
 impl Downsample {
-    /// A downsampler for `channels`-wide maps.
-    pub fn new(channels: usize, device: &Device) -> Self {
-        Self {
-            conv: conv3x3(channels, channels, 2, device),
-        }
+    /// A downsampler for `channels`-wide maps, padded as `padding` says.
+    pub fn new(channels: usize, padding: DownsamplePadding, device: &Device) -> Self {
+        let conv = match padding {
+            DownsamplePadding::Both => conv3x3(channels, channels, 2, device),
+            DownsamplePadding::After => Conv2dConfig::new([channels, channels], [3, 3])
+                .with_stride([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(0, 0, 1, 1))
+                .init(device),
+        };
+        Self { conv }
     }
 
     /// # Shapes
@@ -328,7 +352,7 @@ mod tests {
     fn each_attention_head_attends_over_its_own_channels() {
         let device = Device::flex();
         let (n, c, side, heads) = (2, 8, 3, 2);
-        let mut block = AttentionBlock::new(c, heads, 2, &device);
+        let mut block = AttentionBlock::new(c, heads, 2, 1e-5, &device);
         // A non-zero output projection, so the attention shows in the output.
         block.out = conv1x1(c, c, &device);
         let x = Tensor::<4>::random(
@@ -373,6 +397,7 @@ mod tests {
             cout: c,
             time_dim: temb,
             groups: 2,
+            eps: 1e-5,
             dropout: 0.0,
             scale_shift: true,
             resample: Resample::Down,

@@ -1,3 +1,4 @@
+use crate::DownsamplePadding;
 use serde::{Deserialize, Serialize};
 
 /// Configuration of a [`UNet`](crate::UNet): the DDPM (Ho et al. 2020) layout, with the
@@ -43,6 +44,28 @@ pub struct UNetConfig {
     /// and adds it to the timestep embedding, as ADM does.
     #[serde(default)]
     pub num_classes: usize,
+    /// Epsilon of every GroupNorm (the original DDPM code and the weights diffusers publishes
+    /// for it use 1e-6).
+    #[serde(
+        default = "default_norm_eps",
+        skip_serializing_if = "is_default_norm_eps"
+    )]
+    pub norm_eps: f64,
+    /// Where the strided downsampling convolutions pad (unused with `resblock_updown`).
+    #[serde(default, skip_serializing_if = "is_default_padding")]
+    pub downsample_padding: DownsamplePadding,
+}
+
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+
+fn is_default_norm_eps(eps: &f64) -> bool {
+    *eps == default_norm_eps()
+}
+
+fn is_default_padding(padding: &DownsamplePadding) -> bool {
+    *padding == DownsamplePadding::default()
 }
 
 fn default_num_heads() -> usize {
@@ -91,6 +114,19 @@ pub(crate) struct Plan {
     pub up: Vec<(Vec<BlockPlan>, bool)>,
 }
 
+impl Plan {
+    /// The width of every attention block, the middle one included.
+    pub fn attention_widths(&self) -> impl Iterator<Item = usize> + '_ {
+        self.down
+            .iter()
+            .chain(&self.up)
+            .flat_map(|(blocks, _)| blocks)
+            .filter(|b| b.attention)
+            .map(|b| b.out_channels)
+            .chain(std::iter::once(self.middle.0))
+    }
+}
+
 impl UNetConfig {
     /// The DDPM CIFAR-10 model: 128 channels, multipliers (1, 2, 2, 2), two residual blocks per
     /// level, attention at 16x16, dropout 0.1 (35.7M parameters).
@@ -109,6 +145,8 @@ impl UNetConfig {
             scale_shift_norm: false,
             resblock_updown: false,
             num_classes: 0,
+            norm_eps: default_norm_eps(),
+            downsample_padding: DownsamplePadding::Both,
         }
     }
 
@@ -132,6 +170,8 @@ impl UNetConfig {
             scale_shift_norm: true,
             resblock_updown: true,
             num_classes: 1000,
+            norm_eps: default_norm_eps(),
+            downsample_padding: DownsamplePadding::Both,
         }
     }
 
@@ -168,6 +208,8 @@ impl UNetConfig {
             scale_shift_norm: false,
             resblock_updown: false,
             num_classes: 0,
+            norm_eps: default_norm_eps(),
+            downsample_padding: DownsamplePadding::Both,
         }
     }
 
@@ -282,16 +324,7 @@ impl UNetConfig {
         if self.num_heads == 0 || self.head_channels == Some(0) {
             return err("num_heads and head_channels must be positive".into());
         }
-        let plan = self.plan();
-        let attention_widths = plan
-            .down
-            .iter()
-            .chain(&plan.up)
-            .flat_map(|(blocks, _)| blocks)
-            .filter(|b| b.attention)
-            .map(|b| b.out_channels)
-            .chain(std::iter::once(plan.middle.0));
-        for c in attention_widths {
+        for c in self.plan().attention_widths() {
             let heads = self.heads(c);
             let uneven = self.head_channels.is_some_and(|h| !c.is_multiple_of(h));
             if heads == 0 || !c.is_multiple_of(heads) || uneven {
@@ -305,6 +338,9 @@ impl UNetConfig {
                      attention_resolutions) cannot be split into {split}"
                 ));
             }
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+            return err(format!("norm_eps {} must be in (0, 1)", self.norm_eps));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return err(format!("dropout {} must be in [0, 1)", self.dropout));

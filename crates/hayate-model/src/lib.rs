@@ -15,12 +15,15 @@
 
 mod blocks;
 mod config;
+pub mod diffusers;
 mod dropout;
 mod unet;
 
 pub use blocks::{
-    AttentionBlock, Downsample, ResBlock, ResBlockConfig, Resample, TimestepEmbedding, Upsample,
+    AttentionBlock, Downsample, DownsamplePadding, ResBlock, ResBlockConfig, Resample,
+    TimestepEmbedding, Upsample,
 };
 pub use config::{ModelConfigError, UNetConfig};
+pub use diffusers::HostTensor;
 pub use dropout::{DropoutKey, DropoutMasks};
 pub use unet::UNet;

@@ -87,6 +87,7 @@ impl UNetConfig {
             cout,
             time_dim: self.time_embed_dim(),
             groups: self.norm_groups,
+            eps: self.norm_eps,
             dropout: self.dropout,
             scale_shift: self.scale_shift_norm,
             resample,
@@ -95,7 +96,13 @@ impl UNetConfig {
 
     /// An attention block of this network's kind for `channels`-wide maps.
     fn attention(&self, channels: usize, device: &Device) -> AttentionBlock {
-        AttentionBlock::new(channels, self.heads(channels), self.norm_groups, device)
+        AttentionBlock::new(
+            channels,
+            self.heads(channels),
+            self.norm_groups,
+            self.norm_eps,
+            device,
+        )
     }
 
     /// Builds the network on `device`.
@@ -131,7 +138,7 @@ impl UNetConfig {
                 .map(|(blocks, resample)| DownLevel {
                     stages: stages(blocks),
                     resample: (*resample && !updown)
-                        .then(|| Downsample::new(width(blocks), device)),
+                        .then(|| Downsample::new(width(blocks), self.downsample_padding, device)),
                     resample_block: (*resample && updown)
                         .then(|| block(width(blocks), Resample::Down)),
                 })
@@ -149,7 +156,7 @@ impl UNetConfig {
                         .then(|| block(width(blocks), Resample::Up)),
                 })
                 .collect(),
-            norm_out: group_norm(groups, ch, device),
+            norm_out: group_norm(groups, ch, self.norm_eps, device),
             conv_out: zero_conv(ch, self.image_channels, 3, device),
         }
     }

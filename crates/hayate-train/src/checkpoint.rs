@@ -144,17 +144,22 @@ impl Checkpoint {
     /// but the newest `keep`. Returns the file's path.
     pub fn save(&self, dir: &Path, keep: usize) -> Result<PathBuf> {
         let path = dir.join(format!("ckpt-{:09}.hayate", self.step()));
-        write_atomic_with(&path, |file| {
-            let mut out = std::io::BufWriter::new(file);
-            self.write_to(&mut out)?;
-            out.flush()
-        })?;
+        self.write_file(&path)?;
         let all = list(dir)?;
         for old in all.iter().take(all.len().saturating_sub(keep)) {
             std::fs::remove_file(old)
                 .with_context(|| format!("cannot delete old checkpoint {}", old.display()))?;
         }
         Ok(path)
+    }
+
+    /// Writes the checkpoint to `path`, atomically.
+    pub fn write_file(&self, path: &Path) -> Result<()> {
+        write_atomic_with(path, |file| {
+            let mut out = std::io::BufWriter::new(file);
+            self.write_to(&mut out)?;
+            out.flush()
+        })
     }
 
     /// Reads and verifies a checkpoint file.

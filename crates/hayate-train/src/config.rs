@@ -1,7 +1,7 @@
 //! The run configuration: one TOML file holds every setting; unknown keys are errors.
 
 use anyhow::{Context, Result, bail};
-use hayate_model::UNetConfig;
+use hayate_model::{DownsamplePadding, UNetConfig};
 use hayate_schedule::ddpm::PosteriorVariance;
 use hayate_schedule::{
     BetaSchedule, LossWeight, MomentumDecay, MomentumSchedule, NoiseSchedule, Prediction,
@@ -63,9 +63,42 @@ pub struct ModelSection {
     pub resblock_updown: Option<bool>,
     /// Overrides of the preset's class count (0: unconditional; else the dataset's classes).
     pub num_classes: Option<usize>,
+    /// Overrides of the preset's image channels (3: RGB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_channels: Option<usize>,
+    /// Overrides of the preset's GroupNorm epsilon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm_eps: Option<f64>,
+    /// Overrides of where the preset's downsampling convolutions pad ("both" or "after").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downsample_padding: Option<DownsamplePadding>,
 }
 
 impl ModelSection {
+    /// The section that resolves to exactly `config`: a preset with every field overridden.
+    pub fn exact(config: &UNetConfig) -> Self {
+        let c = config.clone();
+        Self {
+            // The one preset without head_channels, which an override cannot unset.
+            preset: "ddpm_cifar10".into(),
+            resolution: Some(c.resolution),
+            base_channels: Some(c.base_channels),
+            channel_mult: Some(c.channel_mult),
+            num_res_blocks: Some(c.num_res_blocks),
+            attention_resolutions: Some(c.attention_resolutions),
+            dropout: Some(c.dropout),
+            norm_groups: Some(c.norm_groups),
+            num_heads: Some(c.num_heads),
+            head_channels: c.head_channels,
+            scale_shift_norm: Some(c.scale_shift_norm),
+            resblock_updown: Some(c.resblock_updown),
+            num_classes: Some(c.num_classes),
+            image_channels: Some(c.image_channels),
+            norm_eps: Some(c.norm_eps),
+            downsample_padding: Some(c.downsample_padding),
+        }
+    }
+
     /// The full network config: the preset with the overrides applied, validated.
     pub fn resolve(&self) -> Result<UNetConfig> {
         let Some(mut c) = UNetConfig::preset(&self.preset) else {
@@ -110,6 +143,15 @@ impl ModelSection {
         }
         if let Some(v) = self.num_classes {
             c.num_classes = v;
+        }
+        if let Some(v) = self.image_channels {
+            c.image_channels = v;
+        }
+        if let Some(v) = self.norm_eps {
+            c.norm_eps = v;
+        }
+        if let Some(v) = self.downsample_padding {
+            c.downsample_padding = v;
         }
         c.validate().context("model")?;
         Ok(c)

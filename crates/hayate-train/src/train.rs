@@ -9,7 +9,7 @@ use crate::ema::Ema;
 use crate::metric::{Beta1, HostValue, ImagesPerSecond, MeanT};
 use crate::run_dir::{self, Event};
 use crate::step::DenoisingModel;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
@@ -43,6 +43,10 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// Continue from the newest checkpoint in `out`.
     pub resume: bool,
+    /// A fresh run (not a resume) starts from the EMA weights of this checkpoint (a file or a
+    /// run folder, such as one `hayate import diffusers` wrote) instead of random ones: fine
+    /// tuning. Its network must have the config's shape.
+    pub init: Option<PathBuf>,
     /// On resume, accept a config that differs from the checkpoint's in settings that change
     /// the run (they are listed, and logged to metrics.jsonl); otherwise such a resume is
     /// refused.
@@ -158,6 +162,30 @@ pub fn load_ema(checkpoint: &Checkpoint, device: &Device) -> Result<UNet> {
     Ok(config.init(device).load_record(record))
 }
 
+/// `unet` with the EMA weights of the newest checkpoint of `path`, whose network must have the
+/// shape of `config` (dropout may differ: it has no weights).
+fn init_from(path: &Path, config: &UNetConfig, unet: UNet) -> Result<UNet> {
+    let (file, checkpoint) = Checkpoint::load_newest_valid(path)?;
+    let theirs = checkpoint.meta.config.model.resolve()?;
+    let same_shape = UNetConfig {
+        dropout: config.dropout,
+        ..theirs.clone()
+    } == *config;
+    ensure!(
+        same_shape,
+        "--init {}: its network differs from the config's [model] in more than dropout:\n  \
+         checkpoint: {theirs:?}\n  config:     {config:?}",
+        file.display()
+    );
+    let record: ModuleRecord = record_from(checkpoint.section("ema")?, "EMA")?;
+    eprintln!(
+        "starting from the EMA weights of {} (step {})",
+        file.display(),
+        checkpoint.step()
+    );
+    Ok(unet.load_record(record))
+}
+
 /// Runs (or resumes) training on `device` and returns what it measured; `hooks` run at the end
 /// of every checkpoint interval.
 pub fn train(
@@ -238,6 +266,10 @@ pub fn train(
     let schedule = config.diffusion.schedule()?;
     let train_device = device.clone().autodiff();
     let unet = init_unet(&unet_config, config.train.seed, &train_device);
+    let unet = match (&options.init, &resume_from) {
+        (Some(path), None) => init_from(path, &unet_config, unet)?,
+        _ => unet,
+    };
     let model = DenoisingModel {
         unet,
         grad_clip: config.train.grad_clip,

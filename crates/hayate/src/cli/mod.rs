@@ -5,7 +5,9 @@
 pub mod bench;
 pub mod consistency;
 pub mod eval;
+pub mod export;
 pub mod flags;
+pub mod import;
 pub mod info;
 pub mod plot;
 pub mod prepare;
@@ -53,6 +55,12 @@ pub enum Command {
     Plot(plot::Args),
     /// Print a config's parameter count, FLOPs and resolved settings.
     Info(info::Args),
+    /// Write a checkpoint's EMA network as a diffusers UNet2DModel folder (with its
+    /// scheduler config), which UNet2DModel.from_pretrained and DDPMPipeline load.
+    Export(export::Args),
+    /// Read a model from another format into a hayate checkpoint.
+    #[command(subcommand)]
+    Import(import::Command),
 }
 
 /// Runs one parsed command line.
@@ -67,6 +75,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prepare(command) => command.run(),
         Command::Plot(args) => args.run(),
         Command::Info(args) => args.run(),
+        Command::Export(args) => args.run(),
+        Command::Import(command) => command.run(),
     }
 }
 

@@ -35,6 +35,11 @@ pub struct Args {
     /// changes are listed and logged. Without it such a resume is refused.
     #[arg(long, requires = "resume")]
     pub allow_config_change: bool,
+    /// Start from the EMA weights of this checkpoint (a file or a run folder; for example one
+    /// `hayate import diffusers` wrote) instead of random ones, to fine-tune it. Its network
+    /// must have the config's shape.
+    #[arg(long, value_name = "CHECKPOINT", conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
     /// Data parallelism over these GPUs (WGPU discrete adapters by index, e.g. 0,1,2,3):
     /// each step's batch (train.batch_size, the global batch) is split across them and the
     /// gradients summed on the first, so the learning rate and every random draw stay as
@@ -68,6 +73,7 @@ impl Args {
                 data_dir: self.data.data_dir,
                 out: out.clone(),
                 resume: self.resume,
+                init: self.init,
                 allow_config_change: self.allow_config_change,
                 devices: devices.clone(),
                 images: None,

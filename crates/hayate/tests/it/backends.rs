@@ -76,6 +76,7 @@ fn wgpu_losses_match_the_cpu_backend() {
                 data_dir: Some(data.clone()),
                 out: dir.path().join(name),
                 resume: false,
+                init: None,
                 allow_config_change: false,
                 devices: devices.clone(),
                 images: None,

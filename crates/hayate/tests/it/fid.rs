@@ -105,6 +105,7 @@ fn training_logs_fid_at_the_configured_steps() {
             data_dir: Some(data.clone()),
             out: run.clone(),
             resume: false,
+            init: None,
             allow_config_change: false,
             devices: Vec::new(),
             images: None,

@@ -8,6 +8,7 @@ mod bench_convergence;
 mod common;
 mod crash;
 mod data;
+mod diffusers;
 mod fid;
 mod train_cpu;
 mod train_folder;

@@ -23,6 +23,7 @@ fn options(
         data_dir: Some(data.to_path_buf()),
         out: out.to_path_buf(),
         resume,
+        init: None,
         allow_config_change: false,
         devices: Vec::new(),
         images: None,
