@@ -5,6 +5,10 @@ Each fixture is a small diffusers UNet2DModel with fixed random weights (every t
 included, drawn from a seeded generator), saved as diffusers saves it (config.json,
 diffusion_pytorch_model.safetensors) with a DDPMScheduler's scheduler_config.json, and an
 io.safetensors holding an input batch (x, t, labels as floats) and the model's output on it.
+The ddpm fixture also has karras.safetensors: a start x (one image), and what diffusers'
+HeunDiscreteScheduler and EulerDiscreteScheduler (Karras sigmas, 4 of them, "linspace" spacing,
+built from the fixture's scheduler config, x_0 unclipped) draw from it with the fixture's model: the whole
+sampling loop, fractional timesteps into the UNet included.
   ddpm: DDPM's layout as the DDPM authors' CIFAR-10 weights have it in diffusers (eps 1e-6,
         TensorFlow-style downsample padding, one head, attention on the middle level), with the
         attention tensors under their pre-0.14 names (query, key, value, proj_attn) as those
@@ -17,6 +21,8 @@ Nothing is downloaded.
 
 Usage:
   python scripts/make_diffusers_fixtures.py crates/hayate-eval/fixtures/diffusers
+  python scripts/make_diffusers_fixtures.py --karras crates/hayate-eval/fixtures/diffusers
+      (only karras.safetensors, from the fixture already there)
   python scripts/make_diffusers_fixtures.py --check-export EXPORTED_DIR FIXTURE_DIR
       (loads a folder `hayate export` wrote with UNet2DModel.from_pretrained and
       DDPMScheduler.from_pretrained, runs it on FIXTURE_DIR/io.safetensors, compares)
@@ -27,7 +33,7 @@ import os
 import sys
 
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, UNet2DModel
 from safetensors.torch import load_file, save_file
 
 CASES = {
@@ -158,6 +164,32 @@ def make(root):
               f"|out| max {y.abs().max():.3f}")
 
 
+KARRAS_STEPS = 4
+
+
+def make_karras(root):
+    folder = os.path.join(root, "ddpm")
+    model = UNet2DModel.from_pretrained(folder).eval()
+    config = DDPMScheduler.from_pretrained(folder).config
+    start = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(11))
+    out = {"start": start}
+    for name, kind in [("heun", HeunDiscreteScheduler), ("euler", EulerDiscreteScheduler)]:
+        # Unclipped (Heun would take DDPMScheduler's clip_sample): the x_0 of a random network
+        # clipped to [-1, 1] would hide most of the arithmetic.
+        scheduler = kind.from_config(
+            config, use_karras_sigmas=True, timestep_spacing="linspace", clip_sample=False
+        )
+        scheduler.set_timesteps(KARRAS_STEPS)
+        x = start * scheduler.init_noise_sigma
+        with torch.no_grad():
+            for t in scheduler.timesteps:
+                y = model(scheduler.scale_model_input(x, t), t).sample
+                x = scheduler.step(y, t, x).prev_sample
+        out[name] = x.contiguous()
+        print(f"karras {name}: {len(scheduler.timesteps)} evaluations, |x| max {x.abs().max():.3f}")
+    save_file(out, os.path.join(folder, "karras.safetensors"))
+
+
 def check_export(exported, fixture):
     model = UNet2DModel.from_pretrained(exported).eval()
     scheduler = DDPMScheduler.from_pretrained(exported)
@@ -173,5 +205,8 @@ def check_export(exported, fixture):
 if __name__ == "__main__":
     if sys.argv[1] == "--check-export":
         check_export(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "--karras":
+        make_karras(sys.argv[2])
     else:
         make(sys.argv[1])
+        make_karras(sys.argv[1])

@@ -33,7 +33,8 @@ pub struct BenchConfig {
     pub eval_every: u64,
     /// Samples per score.
     pub eval_n: usize,
-    /// The sampler of those samples: `"ddim"` (eta 0, the default) or `"dpmpp-2m"`.
+    /// The sampler of those samples: `"ddim"` (eta 0, the default), `"dpmpp-2m"`,
+    /// `"euler-karras"` or `"heun-karras"`.
     #[serde(default)]
     pub eval_sampler: Solver,
     /// Its steps.

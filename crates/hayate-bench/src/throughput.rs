@@ -179,7 +179,7 @@ pub fn phases(config: &RunConfig, steps: usize, device: &Device) -> Result<Vec<(
     ));
     let mut source = BatchSource::new(images, config, SourceState::new(0))?;
     let mut optim = config.train.optimizer();
-    let mut ema = Ema::new(&model.unet, config.train.ema_decay, config.train.ema_warmup);
+    let mut ema = Ema::new(&model.unet, config.train.ema_schedule());
     // Reading one value waits for everything queued before it on an in-order device.
     let drain = |t: Tensor<1>| t.sum().into_data();
     let names = [

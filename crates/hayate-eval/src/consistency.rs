@@ -151,7 +151,7 @@ struct Recorder<'a> {
 }
 
 impl Denoiser for Recorder<'_> {
-    fn predict(&mut self, x: &[f32], t: &[usize]) -> Vec<f32> {
+    fn predict(&mut self, x: &[f32], t: &[f64]) -> Vec<f32> {
         let out = self.inner.predict(x, t);
         if self.calls.is_multiple_of(self.every) {
             let per = x.len() / t.len();
@@ -160,13 +160,14 @@ impl Denoiser for Recorder<'_> {
                 .zip(&out)
                 .enumerate()
                 .map(|(i, (&xt, &o))| {
-                    let ab = self.schedule.alpha_bar(t[i / per]);
+                    let ab = self.schedule.alpha_bar_at(t[i / per]);
                     // Clipped as the samplers use it: at high t the unclipped estimate is the
                     // network's noise error magnified by 1 / sqrt(alpha_bar).
                     (self.prediction.to_x0_eps(o as f64, xt as f64, ab).0 as f32).clamp(-1.0, 1.0)
                 })
                 .collect();
-            self.x0.push((t[0], x0));
+            // Keyed by the whole timestep nearest the network's (the Karras solvers' are real).
+            self.x0.push((t[0].round() as usize, x0));
         }
         self.calls += 1;
         out

@@ -189,6 +189,8 @@ pub fn diffusion_from_scheduler(json: &Value, file: &Path) -> Result<DiffusionCo
 pub struct Imported {
     /// The network it describes.
     pub model: UNetConfig,
+    /// The run config the checkpoint carries.
+    pub config: RunConfig,
     /// The scheduler config it read, if the folder had one.
     pub scheduler: Option<PathBuf>,
     /// Tensors read.
@@ -205,6 +207,12 @@ pub fn import(
     base: Option<RunConfig>,
     device: &Device,
 ) -> Result<Imported> {
+    if out.exists() {
+        bail!(
+            "{} already exists; hayate import writes a new checkpoint and overwrites none",
+            out.display()
+        );
+    }
     let (model_dir, scheduler_file) = if dir.join("unet").join(CONFIG_FILE).is_file() {
         (dir.join("unet"), dir.join("scheduler").join(SCHEDULER_FILE))
     } else {
@@ -277,7 +285,7 @@ pub fn import(
     let checkpoint = Checkpoint {
         meta: CheckpointMeta {
             source: SourceState::new(config.train.seed),
-            config,
+            config: config.clone(),
             sections: Vec::new(),
         },
         sections: vec![("ema".into(), record_bytes(model.into_record())?)],
@@ -285,6 +293,7 @@ pub fn import(
     checkpoint.write_file(out)?;
     Ok(Imported {
         model: unet_config,
+        config,
         scheduler,
         tensors: count,
     })
@@ -357,6 +366,48 @@ mod tests {
             model.downsample_padding,
             hayate_model::DownsamplePadding::After
         );
+    }
+
+    #[test]
+    fn karras_sampling_of_an_imported_model_draws_what_diffusers_draws() {
+        use hayate_schedule::{HostRng, Sampler, karras::Karras};
+        use rand::SeedableRng;
+        let device = Device::flex();
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("ddpm.hayate");
+        import(&fixture("ddpm"), &ckpt, None, &device).unwrap();
+        let checkpoint = Checkpoint::load(&ckpt).unwrap();
+        let schedule = checkpoint.meta.config.diffusion.schedule().unwrap();
+        let model = load_ema(&checkpoint, &device).unwrap();
+        let io = weights::read(&fixture("ddpm").join("karras.safetensors")).unwrap();
+        for (name, heun) in [("heun", true), ("euler", false)] {
+            let solver = Karras {
+                steps: 4,
+                heun,
+                clip_x0: false,
+            };
+            let mut denoiser = crate::sample::UNetDenoiser {
+                model: &model,
+                device: device.clone(),
+                guidance: None,
+            };
+            let ours = solver.sample(
+                &schedule,
+                Prediction::Eps,
+                &mut denoiser,
+                io["start"].values.clone(),
+                1,
+                &mut HostRng::seed_from_u64(0),
+            );
+            let theirs = &io[name].values;
+            let scale = theirs.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let diff = max_diff(&ours, theirs);
+            // The samples reach ~500 (a random network's x_0, unclipped): relative to that.
+            assert!(
+                diff <= 1e-4 * scale,
+                "{name}: max |hayate - diffusers| = {diff} of {scale}"
+            );
+        }
     }
 
     #[test]
@@ -482,5 +533,14 @@ mod tests {
         let e = error(&empty);
         assert!(e.contains("config.json"), "{e}");
         assert!(!out.exists(), "a failed import writes nothing");
+
+        // An existing checkpoint is never overwritten, even by a good import.
+        std::fs::write(&out, b"someone's checkpoint").unwrap();
+        let e = error(&fixture("ddpm"));
+        assert!(
+            e.contains("already exists") && e.contains("out.hayate"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), b"someone's checkpoint");
     }
 }

@@ -172,7 +172,7 @@ pub struct UNetDenoiser<'a> {
 }
 
 impl UNetDenoiser<'_> {
-    fn run(&self, x: Vec<f32>, t: &[usize], labels: Option<Vec<i64>>) -> Vec<f32> {
+    fn run(&self, x: Vec<f32>, t: &[f64], labels: Option<Vec<i64>>) -> Vec<f32> {
         let n = t.len();
         let size = self.model.resolution();
         let x = Tensor::<4>::from_data(TensorData::new(x, [n, 3, size, size]), &self.device);
@@ -189,7 +189,7 @@ impl UNetDenoiser<'_> {
 }
 
 impl Denoiser for UNetDenoiser<'_> {
-    fn predict(&mut self, x: &[f32], t: &[usize]) -> Vec<f32> {
+    fn predict(&mut self, x: &[f32], t: &[f64]) -> Vec<f32> {
         let Some(guidance) = self.guidance.filter(|_| self.model.num_classes() > 0) else {
             return self.run(x.to_vec(), t, None);
         };
@@ -353,7 +353,7 @@ mod tests {
         let n = 2;
         let mut x = vec![0f32; n * 3 * 32 * 32];
         fill_standard_normal(&mut HostRng::seed_from_u64(1), &mut x);
-        let t = [100, 700];
+        let t = [100.0, 700.0];
         let predict = |scale: f64| {
             let guidance = Guidance {
                 labels: vec![0, 2],

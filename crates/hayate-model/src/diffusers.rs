@@ -731,11 +731,18 @@ impl UNet {
             let t = match name.layout {
                 Layout::Same => t,
                 Layout::Transposed if t.shape.len() == 2 => transpose(&t),
-                // Some conversions keep attention projections as 1x1 convolutions.
-                Layout::Projection if t.shape.len() == 2 || t.shape.len() == 4 => HostTensor {
-                    shape: shape.clone(),
-                    values: t.values,
-                },
+                // A linear [out, in] or, as some conversions keep them, a 1x1 convolution
+                // [out, in, 1, 1]; anything else is reported as misshapen below.
+                Layout::Projection
+                    if t.shape.len() >= 2
+                        && t.shape[..2] == shape[..2]
+                        && t.shape[2..].iter().all(|&d| d == 1) =>
+                {
+                    HostTensor {
+                        shape: shape.clone(),
+                        values: t.values,
+                    }
+                }
                 _ => t,
             };
             let expected_len: usize = shape.iter().product();
@@ -932,11 +939,29 @@ mod tests {
                 values: vec![0.0],
             },
         );
+        // An attention projection with the right number of values in the wrong shape is
+        // refused; the same one as a 1x1 convolution [c, c, 1, 1] is taken.
+        let query = bad
+            .keys()
+            .find(|k| k.ends_with("to_q.weight"))
+            .expect("tiny has attention")
+            .clone();
+        let key = query.replace("to_q", "to_k");
+        let q = bad.get_mut(&query).unwrap();
+        let c = q.shape[0];
+        q.shape = vec![2 * c, c / 2];
+        bad.get_mut(&key).unwrap().shape = vec![c, c, 1, 1];
         let err = UNet::from_diffusers_tensors(&config, bad, &device)
             .unwrap_err()
             .0;
-        for name in ["conv_in.bias", "conv_out.bias", "extra.weight"] {
+        for name in [
+            "conv_in.bias",
+            "conv_out.bias",
+            "extra.weight",
+            query.as_str(),
+        ] {
             assert!(err.contains(name), "{name}: {err}");
         }
+        assert!(!err.contains(&key), "{key}: {err}");
     }
 }

@@ -71,7 +71,7 @@ mod tests {
 
     /// A deterministic stand-in for a network: a smooth function of x and t.
     fn toy_model() -> impl Denoiser {
-        |x: &[f32], t: &[usize]| {
+        |x: &[f32], t: &[f64]| {
             let per = x.len() / t.len();
             x.iter()
                 .enumerate()
@@ -160,8 +160,8 @@ mod tests {
         assert_eq!(ddim.noise_std(&s, 500, Some(450)), 0.0);
         // A model that knows x_0 = 0.25 everywhere recovers it from any noise in any step count.
         let target = 0.25f64;
-        let mut oracle = |x: &[f32], t: &[usize]| -> Vec<f32> {
-            let ab = s.alpha_bar(t[0]);
+        let mut oracle = |x: &[f32], t: &[f64]| -> Vec<f32> {
+            let ab = s.alpha_bar_at(t[0]);
             x.iter()
                 .map(|&v| ((v as f64 - ab.sqrt() * target) / (1.0 - ab).sqrt()) as f32)
                 .collect()

@@ -3,13 +3,16 @@
 //! Everything here runs on the CPU, from explicit seeded generators, so every backend and every
 //! GPU sees the same numbers: the noise schedules and forward-process coefficients
 //! ([`NoiseSchedule`]), the prediction targets ([`Prediction`]), the timestep samplers
-//! ([`TimestepSampler`]), and the DDPM, DDIM and DPM-Solver++(2M) samplers ([`ddpm`], [`ddim`],
-//! [`dpm_solver`]) that take the model as a [`Denoiser`].
+//! ([`TimestepSampler`]), and the DDPM, DDIM, DPM-Solver++(2M) and Karras-grid Euler and Heun
+//! samplers ([`ddpm`], [`ddim`], [`dpm_solver`], [`karras`]) that take the model as a
+//! [`Denoiser`].
 
+mod assignment;
 pub mod ddim;
 pub mod ddpm;
 mod denoiser;
 pub mod dpm_solver;
+pub mod karras;
 mod momentum;
 mod noise;
 mod prediction;
@@ -18,6 +21,7 @@ mod sampler;
 pub mod timesteps;
 mod weights;
 
+pub use assignment::{NoiseAssignment, linear_assignment};
 pub use denoiser::Denoiser;
 pub use momentum::{Compensation, MomentumDecay, MomentumSchedule, MomentumShape};
 pub use noise::{BetaSchedule, NoiseSchedule, ScheduleError};

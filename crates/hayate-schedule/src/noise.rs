@@ -142,6 +142,46 @@ impl NoiseSchedule {
         ab / (1.0 - ab)
     }
 
+    /// The noise level of the variance-exploding view, sigma_t = sqrt((1 - alpha_bar_t) /
+    /// alpha_bar_t): x_t / sqrt(alpha_bar_t) = x_0 + sigma_t eps. What the Karras-grid solvers
+    /// step in ([`crate::karras`]).
+    pub fn sigma(&self, t: usize) -> f64 {
+        let ab = self.alpha_bars[t];
+        ((1.0 - ab) / ab).sqrt()
+    }
+
+    /// sigma at a real timestep in [0, T - 1], interpolated linearly in ln sigma between the two
+    /// whole timesteps around it: the inverse of [`Self::timestep_of_sigma`].
+    pub fn sigma_at(&self, t: f64) -> f64 {
+        let last = self.steps() - 1;
+        let t = t.clamp(0.0, last as f64);
+        let low = (t.floor() as usize).min(last - 1);
+        let w = t - low as f64;
+        ((1.0 - w) * self.sigma(low).ln() + w * self.sigma(low + 1).ln()).exp()
+    }
+
+    /// alpha_bar at a real timestep, 1 / (1 + sigma_at(t)^2): alpha_bar_t itself at whole ones.
+    pub fn alpha_bar_at(&self, t: f64) -> f64 {
+        1.0 / (1.0 + self.sigma_at(t).powi(2))
+    }
+
+    /// The real timestep whose sigma is `sigma`, interpolating ln sigma between whole timesteps
+    /// and clamped to [0, T - 1] outside the table: what diffusers' `_sigma_to_t` gives, so a
+    /// network sees the timesteps it sees there.
+    pub fn timestep_of_sigma(&self, sigma: f64) -> f64 {
+        let ln = sigma.max(1e-10).ln();
+        let last = self.steps() - 1;
+        // The last whole timestep at or below ln sigma (sigma rises with t).
+        let low = (0..=last)
+            .rev()
+            .find(|&t| self.sigma(t).ln() <= ln)
+            .unwrap_or(0)
+            .min(last - 1);
+        let (lo, hi) = (self.sigma(low).ln(), self.sigma(low + 1).ln());
+        let w = ((lo - ln) / (lo - hi)).clamp(0.0, 1.0);
+        low as f64 + w
+    }
+
     /// Noise rate 1 - alpha_bar_t, in (0, 1).
     pub fn noise_rate(&self, t: usize) -> f64 {
         1.0 - self.alpha_bars[t]
@@ -231,6 +271,37 @@ mod tests {
                 assert!(close(a * a + b * b, 1.0, 1e-12));
                 assert!(s.posterior_variance(t) <= s.beta(t) + 1e-15);
             }
+        }
+    }
+
+    #[test]
+    fn sigma_and_real_timesteps_invert_each_other() {
+        for kind in [BetaSchedule::default(), BetaSchedule::Cosine { s: 0.008 }] {
+            let s = NoiseSchedule::new(kind, 1000).unwrap();
+            // sigma_999 of the DDPM schedule, by hand: sqrt((1 - ab) / ab) with ab = 4.0358e-5.
+            if kind == BetaSchedule::default() {
+                assert!(
+                    close(s.sigma(999), 157.407_280_810_4, 1e-9),
+                    "{}",
+                    s.sigma(999)
+                );
+            }
+            for t in [0usize, 1, 17, 500, 998, 999] {
+                assert!(close(s.sigma_at(t as f64), s.sigma(t), 1e-12));
+                assert!(close(s.alpha_bar_at(t as f64), s.alpha_bar(t), 1e-9));
+                assert!(
+                    (s.timestep_of_sigma(s.sigma(t)) - t as f64).abs() < 1e-9,
+                    "{t}"
+                );
+            }
+            for t in [0.25f64, 3.5, 411.8, 998.99] {
+                let sigma = s.sigma_at(t);
+                assert!(sigma > s.sigma(t.floor() as usize) && sigma < s.sigma(t.ceil() as usize));
+                assert!((s.timestep_of_sigma(sigma) - t).abs() < 1e-9, "{t}");
+            }
+            // Outside the table: clamped to the ends.
+            assert_eq!(s.timestep_of_sigma(1e-6), 0.0);
+            assert_eq!(s.timestep_of_sigma(1e6), 999.0);
         }
     }
 

@@ -5,7 +5,8 @@ use crate::{Denoiser, NoiseSchedule, Prediction, fill_standard_normal};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-/// The samplers that take a step count, as a config names them (`"ddim"`, `"dpmpp-2m"`).
+/// The samplers that take a step count, as a config names them (`"ddim"`, `"dpmpp-2m"`,
+/// `"euler-karras"`, `"heun-karras"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Solver {
     /// DDIM ([`crate::ddim::Ddim`]), stochastic with eta > 0.
@@ -15,6 +16,13 @@ pub enum Solver {
     /// DPM-Solver++(2M) ([`crate::dpm_solver::DpmSolverPp`]), deterministic.
     #[serde(rename = "dpmpp-2m")]
     DpmPp2m,
+    /// Euler on the Karras sigma grid ([`crate::karras::Karras`]), deterministic.
+    #[serde(rename = "euler-karras")]
+    EulerKarras,
+    /// Heun on the Karras sigma grid ([`crate::karras::Karras`]): two network evaluations per
+    /// step but the last, deterministic.
+    #[serde(rename = "heun-karras")]
+    HeunKarras,
 }
 
 impl Solver {
@@ -23,7 +31,14 @@ impl Solver {
         match self {
             Self::Ddim => "ddim",
             Self::DpmPp2m => "dpmpp-2m",
+            Self::EulerKarras => "euler-karras",
+            Self::HeunKarras => "heun-karras",
         }
+    }
+
+    /// Whether it takes DDIM's eta (the others draw no noise).
+    pub fn takes_eta(self) -> bool {
+        matches!(self, Self::Ddim)
     }
 }
 
@@ -33,9 +48,9 @@ impl Solver {
 pub struct SamplerSpec {
     /// Which sampler.
     pub solver: Solver,
-    /// Its steps (network evaluations).
+    /// Its steps: network evaluations, but for Heun, which takes 2 steps - 1.
     pub steps: usize,
-    /// DDIM's eta (DPM-Solver++ draws no noise and takes none).
+    /// DDIM's eta (the other solvers draw no noise and take none).
     pub eta: f64,
 }
 
@@ -46,6 +61,8 @@ impl SamplerSpec {
         match self.solver {
             Solver::Ddim => Box::new(crate::ddim::Ddim::new(self.steps, self.eta)),
             Solver::DpmPp2m => Box::new(crate::dpm_solver::DpmSolverPp::new(self.steps)),
+            Solver::EulerKarras => Box::new(crate::karras::Karras::euler(self.steps)),
+            Solver::HeunKarras => Box::new(crate::karras::Karras::heun(self.steps)),
         }
     }
 }
@@ -108,6 +125,11 @@ pub trait Sampler {
 
 /// The network's output for the `n` images `x`, all at timestep `t`: one value per input value.
 pub(crate) fn predict(denoiser: &mut dyn Denoiser, x: &[f32], t: usize, n: usize) -> Vec<f32> {
+    predict_at(denoiser, x, t as f64, n)
+}
+
+/// [`predict`] at a real timestep.
+pub(crate) fn predict_at(denoiser: &mut dyn Denoiser, x: &[f32], t: f64, n: usize) -> Vec<f32> {
     let out = denoiser.predict(x, &vec![t; n]);
     assert_eq!(
         out.len(),
@@ -141,7 +163,18 @@ pub(crate) fn x0_and_eps(
     out: f64,
     clip: bool,
 ) -> (f64, f64) {
-    let ab = schedule.alpha_bar(t);
+    x0_and_eps_at(prediction, schedule.alpha_bar(t), x_t, out, clip)
+}
+
+/// [`x0_and_eps`] at a noise level given by its alpha_bar (one that need not be a whole
+/// timestep's).
+pub(crate) fn x0_and_eps_at(
+    prediction: Prediction,
+    ab: f64,
+    x_t: f64,
+    out: f64,
+    clip: bool,
+) -> (f64, f64) {
     let (x0, eps) = prediction.to_x0_eps(out, x_t, ab);
     if !clip {
         return (x0, eps);

@@ -9,7 +9,7 @@ use burn::data::dataset::DatasetError;
 use burn::prelude::*;
 use hayate_data::{DataError, ImageSource, image_to_unit_range};
 use hayate_model::DropoutKey;
-use hayate_schedule::{HostRng, NoiseSchedule, Prediction, TimestepSampler, fill_standard_normal};
+use hayate_schedule::{HostRng, NoiseAssignment, NoiseSchedule, Prediction, TimestepSampler};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -91,6 +91,8 @@ pub struct BatchSource {
     pub num_classes: usize,
     /// Probability of replacing a label by "no label" (`num_classes`).
     pub label_dropout: f64,
+    /// How the noise draws are matched to the images.
+    pub noise_assignment: NoiseAssignment,
     /// The sequence position.
     pub state: SourceState,
 }
@@ -158,6 +160,7 @@ impl BatchSource {
             batch_size: config.train.batch_size,
             total_steps: config.train.steps,
             random_flip: config.data.random_flip,
+            noise_assignment: config.diffusion.noise_assignment,
             state,
         })
     }
@@ -197,8 +200,9 @@ impl BatchSource {
         let steps = self.schedule.steps() as f64;
         let t_sum = t.iter().map(|&t| t as f64 / steps).sum::<f64>();
         let weight = t.iter().map(|&t| self.loss_weights[t]).collect();
-        let mut eps = vec![0f32; n * per];
-        fill_standard_normal(&mut state.streams.noise, &mut eps);
+        let eps = self
+            .noise_assignment
+            .draw(&x0, per, &mut state.streams.noise);
         let mut x_t = vec![0f32; n * per];
         let mut target = vec![0f32; n * per];
         for (i, &ti) in t.iter().enumerate() {
@@ -351,5 +355,69 @@ impl DataLoader<DenoisingBatch> for StepLoader {
             steps: end.min(self.steps).saturating_sub(start),
             ..self.clone()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Eight 8x8 images, image i all of grey level 30 i.
+    #[derive(Debug)]
+    struct Greys;
+
+    impl ImageSource for Greys {
+        fn len(&self) -> usize {
+            8
+        }
+        fn resolution(&self) -> usize {
+            8
+        }
+        fn classes(&self) -> &[String] {
+            &[]
+        }
+        fn read(&self, index: usize, pixels: &mut [u8]) -> Result<u32, DataError> {
+            pixels.fill(30 * index as u8);
+            Ok(0)
+        }
+        fn describe(&self) -> String {
+            "eight grey images".into()
+        }
+        fn name(&self) -> String {
+            "greys".into()
+        }
+    }
+
+    fn batch(assignment: &str) -> HostBatch {
+        let config = RunConfig::parse(&format!(
+            "[model]\npreset = \"tiny\"\nresolution = 8\nattention_resolutions = []\n[data]\nrandom_flip = false\n\
+             [train]\nbatch_size = 8\n[diffusion]\nnoise_assignment = {assignment}\n"
+        ))
+        .unwrap();
+        BatchSource::new(Arc::new(Greys), &config, SourceState::new(3))
+            .unwrap()
+            .next_batch()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_configured_noise_assignment_shapes_the_batch() {
+        let plain = batch("{ kind = \"independent\" }");
+        assert_eq!(batch("{ kind = \"knn\", k = 1 }"), plain);
+        let immiscible = batch("{ kind = \"immiscible\" }");
+        // Same images and timesteps; the eps targets are the same draws, regrouped.
+        assert_eq!(immiscible.t, plain.t);
+        let per = 3 * 8 * 8;
+        let mut a: Vec<&[f32]> = plain.target.chunks_exact(per).collect();
+        let mut b: Vec<&[f32]> = immiscible.target.chunks_exact(per).collect();
+        assert_ne!(
+            a, b,
+            "eight draws for eight distinct images were left in order"
+        );
+        a.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        b.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        assert_eq!(a, b);
+        // And more than one candidate per image moves the draws toward their images.
+        assert_ne!(batch("{ kind = \"knn\", k = 4 }").target, plain.target);
     }
 }

@@ -1,11 +1,12 @@
 //! The run configuration: one TOML file holds every setting; unknown keys are errors.
 
+use crate::ema::EmaSchedule;
 use anyhow::{Context, Result, bail};
 use hayate_model::{DownsamplePadding, UNetConfig};
 use hayate_schedule::ddpm::PosteriorVariance;
 use hayate_schedule::{
-    BetaSchedule, LossWeight, MomentumDecay, MomentumSchedule, NoiseSchedule, Prediction,
-    SamplerSpec, Solver, TimestepSamplerConfig,
+    BetaSchedule, LossWeight, MomentumDecay, MomentumSchedule, NoiseAssignment, NoiseSchedule,
+    Prediction, SamplerSpec, Solver, TimestepSamplerConfig,
 };
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -168,10 +169,19 @@ pub struct DiffusionConfig {
     pub beta_schedule: BetaSchedule,
     /// The network's target.
     pub prediction: Prediction,
-    /// How training draws t (uniform, CLTS, logit-normal, log-normal, SpeeD).
+    /// How training draws t (uniform, CLTS, logit-normal, log-normal, Laplace, SpeeD).
     pub timestep_sampler: TimestepSamplerConfig,
     /// How each sample's error is weighted by its timestep (uniform, Min-SNR, P2).
     pub loss_weight: LossWeight,
+    /// Which noise draw goes with which image: independent (DDPM), immiscible (a minimum-cost
+    /// assignment over the batch) or knn (the nearest of k draws). Left out of a written
+    /// config when independent, so the configs of earlier runs read and hash as before.
+    #[serde(skip_serializing_if = "is_independent")]
+    pub noise_assignment: NoiseAssignment,
+}
+
+fn is_independent(assignment: &NoiseAssignment) -> bool {
+    *assignment == NoiseAssignment::Independent
 }
 
 impl Default for DiffusionConfig {
@@ -182,6 +192,7 @@ impl Default for DiffusionConfig {
             prediction: Prediction::Eps,
             timestep_sampler: TimestepSamplerConfig::Uniform,
             loss_weight: LossWeight::Uniform,
+            noise_assignment: NoiseAssignment::Independent,
         }
     }
 }
@@ -200,13 +211,14 @@ impl DiffusionConfig {
         NoiseSchedule::new(self.beta_schedule, self.timesteps).context("diffusion.beta_schedule")
     }
 
-    /// Checks the schedule, the timestep sampler and the loss weight.
+    /// Checks the schedule, the timestep sampler, the loss weight and the noise assignment.
     pub fn validate(&self) -> Result<()> {
         let schedule = self.schedule()?;
         self.timestep_sampler
             .build(&schedule)
             .context("diffusion")?;
         self.loss_weight.validate().context("diffusion")?;
+        self.noise_assignment.validate().context("diffusion")?;
         Ok(())
     }
 }
@@ -241,6 +253,11 @@ pub struct TrainConfig {
     /// EMA warm-up: the decay used at step k is min(ema_decay, (1 + k) / (ema_warmup + k)), so
     /// short runs get a useful average (0 disables the warm-up).
     pub ema_warmup: f64,
+    /// EDM2's power-function EMA with this relative std (0.05 to 0.10 in EDM2): the decay after
+    /// t updates is (1 - 1/t)^(gamma + 1), so the average spans the same share of any run's
+    /// length. Replaces `ema_decay` and `ema_warmup` when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_sigma_rel: Option<f64>,
     /// Steps between checkpoints (each also writes a sample grid and a metrics line).
     pub checkpoint_every: u64,
     /// Steps between progress lines when the output is not a terminal (a terminal gets Burn's
@@ -271,6 +288,7 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             ema_decay: 0.9999,
             ema_warmup: 10.0,
+            ema_sigma_rel: None,
             checkpoint_every: 5000,
             log_every: 100,
             keep_checkpoints: 3,
@@ -281,6 +299,17 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The EMA's decay schedule: the power EMA when `ema_sigma_rel` is set, else `ema_decay`
+    /// with `ema_warmup`.
+    pub fn ema_schedule(&self) -> EmaSchedule {
+        self.ema_sigma_rel
+            .and_then(EmaSchedule::power)
+            .unwrap_or(EmaSchedule::Constant {
+                decay: self.ema_decay,
+                warmup: self.ema_warmup,
+            })
+    }
+
     /// The run's optimiser: Adam with beta1 following `momentum_schedule` (MDLRC).
     pub fn optimizer(&self) -> burn::optim::ModuleOptimizer {
         burn::optim::ModuleOptimizer::from(crate::optim::ScheduledAdam {
@@ -353,11 +382,13 @@ impl Default for DataConfig {
 pub struct SamplingConfig {
     /// Images per grid.
     pub grid_images: usize,
-    /// The grids' sampler: `"ddim"` or `"dpmpp-2m"` (DPM-Solver++(2M)).
+    /// The grids' sampler: `"ddim"`, `"dpmpp-2m"` (DPM-Solver++(2M)), `"euler-karras"` or
+    /// `"heun-karras"` (Euler and Heun on the Karras sigma grid).
     pub sampler: Solver,
-    /// The grids' sampler steps (DDIM's or DPM-Solver++'s; the name is DDIM's for old configs).
+    /// The grids' sampler steps (any solver's; the name is DDIM's for old configs). Heun makes
+    /// 2 steps - 1 network evaluations.
     pub ddim_steps: usize,
-    /// DDIM eta for the grids (0 with `"dpmpp-2m"`, which draws no noise).
+    /// DDIM eta for the grids (0 with the other samplers, which draw no noise).
     pub eta: f64,
     /// The DDPM sampler's variance.
     pub ddpm_variance: PosteriorVariance,
@@ -389,7 +420,8 @@ pub struct EvalConfig {
     pub fid_every: u64,
     /// Images per FID (FID depends on n: compare values at the same n only).
     pub fid_n: usize,
-    /// The FID samples' sampler: `"ddim"` (eta 0) or `"dpmpp-2m"`.
+    /// The FID samples' sampler: `"ddim"` (eta 0), `"dpmpp-2m"`, `"euler-karras"` or
+    /// `"heun-karras"`.
     pub fid_sampler: Solver,
     /// The FID samples' sampler steps.
     pub fid_ddim_steps: usize,
@@ -523,6 +555,14 @@ impl RunConfig {
                 self.sampling.cfg_scale
             );
         }
+        if let Some(sigma_rel) = t.ema_sigma_rel
+            && EmaSchedule::power(sigma_rel).is_none()
+        {
+            bail!(
+                "train.ema_sigma_rel must be in (0, {:.4}), got {sigma_rel}",
+                EmaSchedule::MAX_SIGMA_REL
+            );
+        }
         if t.ema_warmup.is_nan() || t.ema_warmup < 0.0 {
             bail!(
                 "train.ema_warmup must be 0 or positive, got {}",
@@ -560,11 +600,12 @@ impl RunConfig {
         if !(0.0..=1.0).contains(&s.eta) {
             bail!("sampling.eta must be in [0, 1], got {}", s.eta);
         }
-        if s.sampler == Solver::DpmPp2m && s.eta != 0.0 {
+        if !s.sampler.takes_eta() && s.eta != 0.0 {
             bail!(
-                "sampling.eta is {}, but sampling.sampler = \"dpmpp-2m\" draws no noise: set \
+                "sampling.eta is {}, but sampling.sampler = \"{}\" draws no noise: set \
                  eta = 0 or sampler = \"ddim\"",
-                s.eta
+                s.eta,
+                s.sampler.name()
             );
         }
         let e = &self.eval;
@@ -737,6 +778,18 @@ mod tests {
         assert!(err("[model]\npreset = \"tiny\"\nnorm_groups = 7\n").contains("norm_groups"));
         assert!(err(&format!("{base}[train]\nbeta2 = -0.1\n")).contains("train.beta2"));
         assert!(err(&format!("{base}[train]\nsteps = 0\n")).contains("train.steps"));
+        assert!(
+            err(&format!("{base}[train]\nema_sigma_rel = 0.5\n")).contains("train.ema_sigma_rel")
+        );
+        let power = RunConfig::parse(&format!("{base}[train]\nema_sigma_rel = 0.05\n")).unwrap();
+        assert_eq!(
+            power.train.ema_schedule(),
+            EmaSchedule::power(0.05).unwrap()
+        );
+        assert!(matches!(
+            RunConfig::parse(base).unwrap().train.ema_schedule(),
+            EmaSchedule::Constant { decay: 0.9999, .. }
+        ));
         let clts = "[diffusion]\ntimestep_sampler = { kind = \"clts\", mu = 1.5, sigma = 0.1, \
                     lambda_max = 0.5, ramp_steps = 10 }\n";
         assert!(err(&format!("{base}{clts}")).contains("mu must be in [0, 1]"));
@@ -757,6 +810,26 @@ mod tests {
         );
         assert_eq!(dpm.eval.sampler().solver, Solver::DpmPp2m);
         assert!(err(&format!("{base}[sampling]\nsampler = \"euler\"\n")).contains("euler"));
+        let heun =
+            solver("[sampling]\nsampler = \"heun-karras\"\nddim_steps = 10\n[eval]\nfid_sampler = \"euler-karras\"\n")
+                .unwrap();
+        // Heun evaluates the network twice a step but at the last.
+        assert_eq!(
+            heun.sampling
+                .sampler()
+                .build()
+                .timesteps(&NoiseSchedule::ddpm())
+                .len(),
+            19
+        );
+        assert_eq!(heun.eval.sampler().solver, Solver::EulerKarras);
+        let noisy_heun = err(&format!(
+            "{base}[sampling]\nsampler = \"heun-karras\"\neta = 0.5\n"
+        ));
+        assert!(
+            noisy_heun.contains("sampling.eta") && noisy_heun.contains("heun-karras"),
+            "{noisy_heun}"
+        );
         let noisy = err(&format!(
             "{base}[sampling]\nsampler = \"dpmpp-2m\"\neta = 0.5\n"
         ));

@@ -4,34 +4,92 @@ use burn::module::{ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use hayate_model::UNet;
 
+/// How the EMA's decay moves with the update count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EmaSchedule {
+    /// A target decay, reached through the warm-up min(decay, (1 + k) / (warmup + k)) (0: none).
+    Constant {
+        /// Target decay.
+        decay: f64,
+        /// Warm-up constant.
+        warmup: f64,
+    },
+    /// EDM2's power-function EMA (Karras et al. 2024, arXiv 2312.02696): after t updates the
+    /// decay is (1 - 1/t)^(gamma + 1), so the average always spans the same fraction of the
+    /// run (a relative std sigma_rel of its length), from the first update on.
+    Power {
+        /// The exponent gamma.
+        gamma: f64,
+    },
+}
+
+impl EmaSchedule {
+    /// The largest relative std a power EMA can have with gamma > 0: 1 / sqrt(12).
+    pub const MAX_SIGMA_REL: f64 = 0.288_675_134_594_812_9;
+
+    /// The power EMA with relative std `sigma_rel`: gamma solves sigma_rel^2 =
+    /// (gamma + 1) / ((gamma + 2)^2 (gamma + 3)) (EDM2's eq. 3; 0.05 gives 16.97, 0.10 gives
+    /// 6.94). `None` outside (0, [`Self::MAX_SIGMA_REL`]).
+    pub fn power(sigma_rel: f64) -> Option<Self> {
+        if !(sigma_rel > 0.0 && sigma_rel < Self::MAX_SIGMA_REL) {
+            return None;
+        }
+        let variance = |g: f64| (g + 1.0) / ((g + 2.0).powi(2) * (g + 3.0));
+        let target = sigma_rel * sigma_rel;
+        // variance falls from 1/12 at gamma = 0 toward 0: bisect.
+        let (mut lo, mut hi) = (0.0f64, 1.0f64);
+        while variance(hi) > target {
+            hi *= 2.0;
+        }
+        for _ in 0..200 {
+            let mid = 0.5 * (lo + hi);
+            if variance(mid) > target {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(Self::Power {
+            gamma: 0.5 * (lo + hi),
+        })
+    }
+
+    /// The decay applied at update `k` (0-based).
+    pub fn decay_at(&self, k: u64) -> f64 {
+        match *self {
+            Self::Constant { decay, warmup } => {
+                if warmup <= 0.0 {
+                    return decay;
+                }
+                let k = k as f64;
+                decay.min((1.0 + k) / (warmup + k))
+            }
+            Self::Power { gamma } => (1.0 - 1.0 / (k + 1) as f64).powf(gamma + 1.0),
+        }
+    }
+}
+
 /// The EMA copy of the network, kept off the autodiff graph.
 #[derive(Debug, Clone)]
 pub struct Ema {
     /// The averaged network.
     pub model: UNet,
-    /// Target decay.
-    pub decay: f64,
-    /// Warm-up constant: decay at update k is min(decay, (1 + k) / (warmup + k)).
-    pub warmup: f64,
+    /// Its decay over the updates.
+    pub schedule: EmaSchedule,
 }
 
 impl Ema {
     /// Starts the average at the current weights.
-    pub fn new(model: &UNet, decay: f64, warmup: f64) -> Self {
+    pub fn new(model: &UNet, schedule: EmaSchedule) -> Self {
         Self {
             model: model.valid(),
-            decay,
-            warmup,
+            schedule,
         }
     }
 
     /// The decay applied at update `k` (0-based).
     pub fn decay_at(&self, k: u64) -> f64 {
-        if self.warmup <= 0.0 {
-            return self.decay;
-        }
-        let k = k as f64;
-        self.decay.min((1.0 + k) / (self.warmup + k))
+        self.schedule.decay_at(k)
     }
 
     /// ema <- d * ema + (1 - d) * model, with d = `decay_at(k)`.
@@ -85,14 +143,68 @@ mod tests {
     use super::*;
     use hayate_model::UNetConfig;
 
+    fn constant(decay: f64, warmup: f64) -> EmaSchedule {
+        EmaSchedule::Constant { decay, warmup }
+    }
+
     #[test]
     fn warmup_makes_early_decay_small_and_reaches_the_target() {
-        let device = Device::flex();
-        let model = UNetConfig::tiny().init(&device);
-        let ema = Ema::new(&model, 0.9999, 10.0);
+        let ema = constant(0.9999, 10.0);
         assert!((ema.decay_at(0) - 0.1).abs() < 1e-12);
         assert_eq!(ema.decay_at(10_000_000), 0.9999);
-        assert_eq!(Ema::new(&model, 0.99, 0.0).decay_at(0), 0.99);
+        assert_eq!(constant(0.99, 0.0).decay_at(0), 0.99);
+    }
+
+    #[test]
+    fn power_ema_matches_edm2s_gamma_and_decay() {
+        // gamma from numpy.roots([1, 7, 16 - s^-2, 12 - s^-2]), as EDM2's sigma_rel_to_gamma.
+        for (sigma_rel, gamma) in [
+            (0.05, 16.972_198_602_303_447),
+            (0.10, 6.937_203_937_601_809),
+        ] {
+            let Some(EmaSchedule::Power { gamma: ours }) = EmaSchedule::power(sigma_rel) else {
+                panic!("{sigma_rel} is a valid relative std");
+            };
+            assert!(
+                (ours - gamma).abs() < 1e-9,
+                "{sigma_rel}: {ours} vs {gamma}"
+            );
+        }
+        let ema = EmaSchedule::power(0.10).unwrap();
+        // The first update copies the model; after t updates, (1 - 1/t)^(gamma + 1).
+        assert_eq!(ema.decay_at(0), 0.0);
+        assert!((ema.decay_at(9) - 0.433_324_720_682_134_8).abs() < 1e-12);
+        assert!((ema.decay_at(999) - 0.992_090_272_645_078_9).abs() < 1e-12);
+        assert!((1..2000).all(|k| ema.decay_at(k) > ema.decay_at(k - 1)));
+        for bad in [0.0, -0.1, 0.3, f64::NAN] {
+            assert_eq!(EmaSchedule::power(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_power_ema_weighs_update_i_as_i_to_the_gamma() {
+        // EDM2's profile: the average after t updates weighs update i about as i^gamma. Average
+        // the numbers 1..=t and compare with sum i^(g+1) / sum i^g (the plain mean is t/2).
+        let ema = EmaSchedule::power(0.10).unwrap();
+        let EmaSchedule::Power { gamma } = ema else {
+            unreachable!()
+        };
+        for (t, tolerance) in [(50u64, 2e-3), (2000, 1e-4)] {
+            let mut average = 0.0f64;
+            for k in 0..t {
+                let d = ema.decay_at(k);
+                average = d * average + (1.0 - d) * (k + 1) as f64;
+            }
+            let (num, den) = (1..=t).fold((0.0, 0.0), |(n, d), i| {
+                let w = (i as f64).powf(gamma);
+                (n + w * i as f64, d + w)
+            });
+            let profile = num / den;
+            assert!(
+                (average / profile - 1.0).abs() < tolerance,
+                "t = {t}: {average} vs {profile}"
+            );
+        }
     }
 
     #[test]
@@ -100,7 +212,7 @@ mod tests {
         let device = Device::flex();
         let a = UNetConfig::tiny().init(&device);
         let b = UNetConfig::tiny().init(&device);
-        let mut ema = Ema::new(&a, 0.75, 0.0);
+        let mut ema = Ema::new(&a, constant(0.75, 0.0));
         ema.update(&b, 0);
         let first = |m: &UNet| {
             let mut f = Flatten(Vec::new());

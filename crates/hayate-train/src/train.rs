@@ -286,18 +286,13 @@ pub fn train(
             learner.load_optim(record_from(checkpoint.section("optimizer")?, "optimizer")?);
             let ema = Ema {
                 model: load_ema(checkpoint, &inner_device)?,
-                decay: config.train.ema_decay,
-                warmup: config.train.ema_warmup,
+                schedule: config.train.ema_schedule(),
             };
             (checkpoint.meta.source.clone(), ema)
         }
         None => (
             SourceState::new(config.train.seed),
-            Ema::new(
-                &learner.model().unet,
-                config.train.ema_decay,
-                config.train.ema_warmup,
-            ),
+            Ema::new(&learner.model().unet, config.train.ema_schedule()),
         ),
     };
 

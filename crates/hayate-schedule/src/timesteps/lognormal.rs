@@ -1,5 +1,6 @@
 //! Samplers that concentrate t with a bell curve on a transformed axis: logit-normal over t/T
-//! (SD3) and log-normal over the noise level sigma_t (EDM).
+//! (SD3), log-normal over the noise level sigma_t (EDM) and Laplace over the log-SNR (Hang et al.
+//! 2024).
 
 use super::{Tabulated, normalise};
 use crate::NoiseSchedule;
@@ -21,16 +22,21 @@ fn normal_cdf(x: f64) -> f64 {
     }
 }
 
-/// Probabilities of the bins of a monotone axis `values` (one per t) under N(mean, std^2): each
-/// t owns the interval between the midpoints to its neighbours, the two ends reach to infinity.
+/// Probabilities of the bins of a monotone axis `values` (one per t) under N(mean, std^2).
 fn binned_normal(values: &[f64], mean: f64, std: f64) -> Vec<f64> {
+    binned(values, |x| normal_cdf((x - mean) / std))
+}
+
+/// Probabilities of the bins of a monotone axis `values` (one per t) under the distribution with
+/// CDF `cdf`: each t owns the interval between the midpoints to its neighbours, the two ends
+/// reach to infinity.
+fn binned(values: &[f64], cdf: impl Fn(f64) -> f64) -> Vec<f64> {
     let n = values.len();
     let decreasing = values[n - 1] < values[0];
     let mut sorted = values.to_vec();
     if decreasing {
         sorted.reverse();
     }
-    let cdf = |x: f64| normal_cdf((x - mean) / std);
     let mut p: Vec<f64> = (0..n)
         .map(|i| {
             let lo = if i == 0 {
@@ -74,6 +80,24 @@ pub fn log_normal(schedule: &NoiseSchedule, p_mean: f64, p_std: f64) -> Tabulate
     Tabulated(binned_normal(&log_sigma, p_mean, p_std))
 }
 
+/// The Laplace log-SNR distribution of Hang et al. 2024 ("Improved Noise Schedule for Diffusion
+/// Training", arXiv 2407.03297): lambda = ln SNR ~ Laplace(mu, b), density e^(-|lambda - mu| / b)
+/// / 2b, which puts its mass around SNR = e^mu (their best: mu = 0, b = 0.5), mapped onto the
+/// discrete schedule as [`log_normal`] is: t's probability is the mass nearest to ln SNR_t.
+pub fn laplace(schedule: &NoiseSchedule, mu: f64, b: f64) -> Tabulated {
+    let log_snr: Vec<f64> = (0..schedule.steps())
+        .map(|t| schedule.snr(t).ln())
+        .collect();
+    Tabulated(binned(&log_snr, |x| {
+        let z = (x - mu) / b;
+        if z < 0.0 {
+            0.5 * z.exp()
+        } else {
+            1.0 - 0.5 * (-z).exp()
+        }
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +109,31 @@ mod tests {
         assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7);
         assert!((normal_cdf(1.0) - 0.841_344_746).abs() < 2e-7);
         assert!((normal_cdf(-1.96) - 0.024_997_895).abs() < 2e-7);
+    }
+
+    #[test]
+    fn laplace_puts_half_its_mass_each_side_of_mu_and_falls_off_exponentially() {
+        let schedule = NoiseSchedule::ddpm();
+        let (mu, b) = (0.0, 0.5);
+        let s = laplace(&schedule, mu, b);
+        let p = s.probabilities(0, 1);
+        let mass = |pred: &dyn Fn(f64) -> bool| -> f64 {
+            (0..1000)
+                .filter(|&t| pred(schedule.snr(t).ln()))
+                .map(|t| p[t])
+                .sum()
+        };
+        // Laplace(0, 0.5): P(lambda > 0) = 1/2, P(lambda > 1) = e^-2 / 2 = 0.0677,
+        // P(|lambda| < 0.5) = 1 - e^-1 = 0.632; up to the binning (ln SNR moves by ~0.01 a step
+        // there).
+        assert!((mass(&|l| l > 0.0) - 0.5).abs() < 0.01);
+        assert!((mass(&|l| l > 1.0) - 0.0677).abs() < 0.005);
+        assert!((mass(&|l| l.abs() < 0.5) - 0.632).abs() < 0.01);
+        // A larger mu moves the mass toward high SNR (small t).
+        let shifted = laplace(&schedule, 2.0, b).probabilities(0, 1);
+        let mean_t = |q: &[f64]| q.iter().enumerate().map(|(t, w)| t as f64 * w).sum::<f64>();
+        assert!(mean_t(&shifted) < mean_t(&p) - 50.0);
+        check_histogram(&s, 0, 1);
     }
 
     #[test]

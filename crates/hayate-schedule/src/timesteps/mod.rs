@@ -8,7 +8,7 @@ mod lognormal;
 mod speed;
 
 pub use clts::{Clts, CurriculumAxis};
-pub use lognormal::{log_normal, logit_normal};
+pub use lognormal::{laplace, log_normal, logit_normal};
 pub use speed::speed;
 
 use crate::{NoiseSchedule, ScheduleError};
@@ -131,6 +131,13 @@ pub enum TimestepSamplerConfig {
         /// EDM's P_std (1.2).
         p_std: f64,
     },
+    /// The Laplace log-SNR distribution (Hang et al. 2024): ln SNR_t ~ Laplace(mu, b).
+    Laplace {
+        /// Centre, in ln SNR (theirs: 0, SNR = 1).
+        mu: f64,
+        /// Scale (theirs: 0.5).
+        b: f64,
+    },
     /// SpeeD's asymmetric sampling (Wang et al. 2024): t below `tau` is drawn `k` times as often
     /// as t at or above it.
     Speed {
@@ -186,6 +193,14 @@ impl TimestepSamplerConfig {
                     ));
                 }
                 Box::new(log_normal(schedule, p_mean, p_std))
+            }
+            Self::Laplace { mu, b } => {
+                if !(b > 0.0 && b.is_finite() && mu.is_finite()) {
+                    return err(format!(
+                        "laplace needs a finite mu and b > 0, got {mu}, {b}"
+                    ));
+                }
+                Box::new(laplace(schedule, mu, b))
             }
             Self::Speed { tau, k } => {
                 if tau == 0 || tau >= steps {
@@ -276,6 +291,11 @@ pub(crate) mod tests {
                 p_mean: -1.2,
                 p_std: 0.0,
             },
+            TimestepSamplerConfig::Laplace { mu: 0.0, b: 0.0 },
+            TimestepSamplerConfig::Laplace {
+                mu: f64::NAN,
+                b: 0.5,
+            },
             TimestepSamplerConfig::Speed { tau: 1000, k: 5.0 },
             TimestepSamplerConfig::Speed { tau: 700, k: 0.0 },
         ];
@@ -284,5 +304,7 @@ pub(crate) mod tests {
             assert!(msg.contains("timestep_sampler"), "{msg}");
         }
         assert!(TimestepSamplerConfig::Uniform.build(&s).is_ok());
+        let laplace = TimestepSamplerConfig::Laplace { mu: 0.0, b: 0.5 };
+        assert!(laplace.build(&s).is_ok());
     }
 }

@@ -1,7 +1,7 @@
 //! `hayate eval`.
 
-use super::flags::{DataArgs, DeviceArgs, SamplerArgs, choice_name};
-use anyhow::{Result, bail};
+use super::flags::{DataArgs, DeviceArgs, SamplerArgs, SamplerChoice, choice_name};
+use anyhow::{Context, Result, bail};
 use clap::{Subcommand, ValueEnum};
 use hayate_data::Split;
 use hayate_eval::fid::{
@@ -16,13 +16,224 @@ use std::path::{Path, PathBuf};
 pub enum Command {
     /// FID of a checkpoint's samples (or of a CIFAR-10 split) against a reference set.
     Fid(FidArgs),
+    /// FID against network evaluations: one checkpoint sampled by several samplers at several
+    /// step counts, the reference statistics computed once; writes nfe.json, nfe.md (a table)
+    /// and fid-vs-nfe.png into --out.
+    Nfe(NfeArgs),
 }
 
 impl Command {
     /// Runs the evaluation.
     pub fn run(self) -> Result<()> {
-        let Self::Fid(args) = self;
-        args.run()
+        match self {
+            Self::Fid(args) => args.run(),
+            Self::Nfe(args) => args.run(),
+        }
+    }
+}
+
+/// `hayate eval nfe`.
+#[derive(Debug, clap::Args)]
+pub struct NfeArgs {
+    /// A checkpoint file or run folder whose EMA model draws the images.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Images on each side, the same for every point (FID depends on n).
+    #[arg(long, default_value_t = 1000)]
+    pub n: usize,
+    /// The reference set.
+    #[arg(long = "ref", value_enum, default_value_t = ImageSet::Cifar10Train)]
+    pub reference: ImageSet,
+    /// The samplers to compare (DDIM with eta 0; DDPM, which takes all T steps, is not one).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ddim,dpmpp-2m,euler-karras,heun-karras"
+    )]
+    pub samplers: Vec<SamplerChoice>,
+    /// Network evaluations per image to try; Heun takes the odd count 2 steps - 1 at or below
+    /// each (the table gives what each sampler really took).
+    #[arg(long, value_delimiter = ',', default_value = "5,10,20,50")]
+    pub evaluations: Vec<usize>,
+    /// Seed of the sampling noise (the same starting noise for every point).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images per batch through the sampler and Inception.
+    #[arg(long, default_value_t = 50)]
+    pub batch: usize,
+    /// The Inception weights (.pth from pytorch-fid or .safetensors); else
+    /// $HAYATE_INCEPTION_WEIGHTS, else downloaded into the cache.
+    #[arg(long)]
+    pub inception_weights: Option<PathBuf>,
+    /// Where the images come from.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Where to run.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// The folder to write into (created if needed).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+impl NfeArgs {
+    /// Computes every point, printing each as it lands, then writes the table, the JSON and the
+    /// chart.
+    pub fn run(self) -> Result<()> {
+        if self.samplers.contains(&SamplerChoice::Ddpm) {
+            bail!("--samplers: ddpm takes all T steps and has no evaluation count to vary");
+        }
+        if self.samplers.is_empty() || self.evaluations.is_empty() {
+            bail!("give at least one sampler and one evaluation count");
+        }
+        if let Some(&bad) = self.evaluations.iter().find(|&&e| e == 0) {
+            bail!("--evaluations must be positive, got {bad}");
+        }
+        std::fs::create_dir_all(&self.out)
+            .with_context(|| format!("cannot create {}", self.out.display()))?;
+        let mut fid = FidArgs {
+            checkpoint: Some(self.checkpoint.clone()),
+            images: None,
+            n: self.n,
+            reference: self.reference,
+            ref_prepared: None,
+            cfg_scale: None,
+            sampler: SamplerArgs {
+                sampler: None,
+                steps: None,
+                eta: Some(0.0),
+            },
+            seed: self.seed,
+            batch: self.batch,
+            inception_weights: self.inception_weights.clone(),
+            data: self.data.clone(),
+            device: self.device.clone(),
+            out: None,
+        };
+        if fid.n < 2 || fid.batch == 0 {
+            bail!("--n must be at least 2 and --batch positive");
+        }
+        let cache = hayate_train::train::cache_dir();
+        let weights =
+            hayate_eval::fid::inception_weights(self.inception_weights.as_deref(), &cache)?;
+        let (device, _) = self.device.select()?;
+        let net = FidInception::load(&weights, &device)?;
+        let trained = TrainedModel::open(&self.checkpoint, &device)?;
+        let reference = fid.reference_side(&net, trained.model.resolution(), &cache)?;
+        let mut rows = Vec::new();
+        for &choice in &self.samplers {
+            let name = choice_name(choice);
+            for &target in &self.evaluations {
+                let steps = if choice == SamplerChoice::HeunKarras {
+                    target.div_ceil(2).max(1)
+                } else {
+                    target
+                };
+                fid.sampler.sampler = Some(choice);
+                fid.sampler.steps = Some(steps);
+                let started = std::time::Instant::now();
+                let (side, drawn) = fid.sample_side(&net, &trained)?;
+                let value = frechet_distance(&side.stats, &reference.stats);
+                let seconds = started.elapsed().as_secs_f64();
+                println!(
+                    "{name} {steps} steps ({} evaluations): FID {value:.4} ({seconds:.0} s)",
+                    drawn.evaluations
+                );
+                rows.push(serde_json::json!({
+                    "sampler": name,
+                    "steps": drawn.steps,
+                    "evaluations": drawn.evaluations,
+                    "fid": value,
+                    "seconds": seconds,
+                }));
+            }
+        }
+        let result = serde_json::json!({
+            "checkpoint": trained.path.display().to_string(),
+            "step": trained.step,
+            "n": self.n,
+            "reference": reference.name,
+            "seed": self.seed,
+            "inception_weights": weights.display().to_string(),
+            "results": rows,
+        });
+        let write = |file: &str, text: String| {
+            hayate_train::checkpoint::write_atomic(&self.out.join(file), text.as_bytes())
+        };
+        write("nfe.json", format!("{result:#}\n"))?;
+        write("nfe.md", nfe_table(&result))?;
+        nfe_chart(&result).save(&self.out.join("fid-vs-nfe.png"))?;
+        println!(
+            "wrote nfe.json, nfe.md and fid-vs-nfe.png into {}",
+            self.out.display()
+        );
+        Ok(())
+    }
+}
+
+/// The rows of an `eval nfe` result, as (sampler, evaluations, FID).
+fn nfe_points(result: &serde_json::Value) -> Vec<(String, u64, f64)> {
+    result["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["sampler"].as_str().unwrap_or_default().to_string(),
+                r["evaluations"].as_u64().unwrap_or_default(),
+                r["fid"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .collect()
+}
+
+/// A Markdown table: a row per sampler and evaluation count, FID and the time it took.
+fn nfe_table(result: &serde_json::Value) -> String {
+    let mut text = format!(
+        "FID against network evaluations: {}, step {}, n = {} against {}, seed {}\n\n\
+         | sampler | steps | network evaluations | FID | seconds |\n| --- | --- | --- | --- | --- |\n",
+        result["checkpoint"].as_str().unwrap_or_default(),
+        result["step"],
+        result["n"],
+        result["reference"].as_str().unwrap_or_default(),
+        result["seed"],
+    );
+    for r in result["results"].as_array().into_iter().flatten() {
+        text += &format!(
+            "| {} | {} | {} | {:.2} | {:.0} |\n",
+            r["sampler"].as_str().unwrap_or_default(),
+            r["steps"],
+            r["evaluations"],
+            r["fid"].as_f64().unwrap_or(f64::NAN),
+            r["seconds"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    text
+}
+
+/// FID against evaluations, a curve per sampler.
+fn nfe_chart(result: &serde_json::Value) -> hayate_eval::plot::Chart {
+    let mut series: Vec<hayate_eval::plot::Series> = Vec::new();
+    for (sampler, evaluations, fid) in nfe_points(result) {
+        let point = (evaluations as f64, fid);
+        match series.iter_mut().find(|s| s.name == sampler) {
+            Some(s) => s.points.push(point),
+            None => series.push(hayate_eval::plot::Series {
+                name: sampler,
+                points: vec![point],
+            }),
+        }
+    }
+    for s in &mut series {
+        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    hayate_eval::plot::Chart {
+        title: format!("FID (n = {}) against network evaluations", result["n"]),
+        x_label: "network evaluations per image".into(),
+        y_label: "FID".into(),
+        series,
+        log_y: false,
     }
 }
 
@@ -152,11 +363,13 @@ impl FidArgs {
             step,
             sampler,
             steps,
+            evaluations,
         }) = drawn
         {
             result["step"] = step.into();
             result["sampler"] = sampler.into();
             result["steps"] = steps.into();
+            result["evaluations"] = evaluations.into();
             result["seed"] = self.seed.into();
         }
         if let Some(out) = &self.out {
@@ -215,7 +428,7 @@ impl FidArgs {
             self.cfg_scale.unwrap_or(config.sampling.cfg_scale),
         );
         let stats = statistics_of(net, batches.map(Ok), Some(self.n))?;
-        let taken = sampler.timesteps(&trained.schedule).len();
+        let evaluations = sampler.timesteps(&trained.schedule).len();
         let side = Side {
             name: trained.path.display().to_string(),
             stats,
@@ -223,7 +436,8 @@ impl FidArgs {
         let drawn = Drawn {
             step: trained.step,
             sampler: self.sampler.name(config.eval.sampler()),
-            steps: taken,
+            steps: self.sampler.steps(config.eval.sampler(), &trained.schedule),
+            evaluations,
         };
         Ok((side, drawn))
     }
@@ -235,6 +449,8 @@ struct Drawn {
     step: u64,
     /// The sampler, as the command line spells it.
     sampler: String,
-    /// The steps it took.
+    /// Its steps setting (DDPM: all T).
     steps: usize,
+    /// Network evaluations per image (Heun: 2 steps - 1; the others: steps).
+    evaluations: usize,
 }

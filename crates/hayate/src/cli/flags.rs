@@ -44,7 +44,7 @@ pub struct SamplerArgs {
     /// eval.fid_sampler).
     #[arg(long, value_enum)]
     pub sampler: Option<SamplerChoice>,
-    /// DDIM or DPM-Solver++ steps (default: the run's sampling.ddim_steps; for `eval fid`, its
+    /// The sampler's steps (default: the run's sampling.ddim_steps; for `eval fid`, its
     /// eval.fid_ddim_steps). DDPM always takes all T steps.
     #[arg(long)]
     pub steps: Option<usize>,
@@ -64,6 +64,14 @@ pub enum SamplerChoice {
     /// diffusers' `DPMSolverMultistepScheduler`).
     #[value(name = "dpmpp-2m")]
     DpmPp2m,
+    /// Euler on the Karras sigma grid, `--steps` sigmas (deterministic; diffusers'
+    /// `EulerDiscreteScheduler` with `use_karras_sigmas`).
+    #[value(name = "euler-karras")]
+    EulerKarras,
+    /// Heun on the Karras sigma grid, `--steps` sigmas, 2 steps - 1 network evaluations
+    /// (deterministic; Karras et al.'s Algorithm 1, diffusers' `HeunDiscreteScheduler`).
+    #[value(name = "heun-karras")]
+    HeunKarras,
 }
 
 impl SamplerArgs {
@@ -87,6 +95,8 @@ impl SamplerArgs {
             None => default.solver,
             Some(SamplerChoice::Ddim) => Solver::Ddim,
             Some(SamplerChoice::DpmPp2m) => Solver::DpmPp2m,
+            Some(SamplerChoice::EulerKarras) => Solver::EulerKarras,
+            Some(SamplerChoice::HeunKarras) => Solver::HeunKarras,
             Some(SamplerChoice::Ddpm) => {
                 return Ok(Box::new(Ddpm {
                     variance: config.sampling.ddpm_variance,
@@ -94,15 +104,27 @@ impl SamplerArgs {
                 }));
             }
         };
-        let eta = match solver {
-            Solver::Ddim => eta,
-            // The run's DDIM eta does not carry over; one given on the command line is refused.
-            Solver::DpmPp2m if self.eta.is_some_and(|eta| eta != 0.0) => {
-                bail!("--eta does not apply to dpmpp-2m, which draws no noise")
-            }
-            Solver::DpmPp2m => 0.0,
+        let eta = if solver.takes_eta() {
+            eta
+        } else if self.eta.is_some_and(|eta| eta != 0.0) {
+            bail!(
+                "--eta does not apply to {}, which draws no noise",
+                solver.name()
+            )
+        } else {
+            // The run's DDIM eta does not carry over.
+            0.0
         };
         Ok(SamplerSpec { solver, steps, eta }.build())
+    }
+
+    /// The steps setting the sampler is built with, `default` being the run's choice (DDPM:
+    /// all T).
+    pub fn steps(&self, default: SamplerSpec, schedule: &NoiseSchedule) -> usize {
+        match self.sampler {
+            Some(SamplerChoice::Ddpm) => schedule.steps(),
+            _ => self.steps.unwrap_or(default.steps),
+        }
     }
 
     /// How the command line spells the sampler, `default` being the run's choice.

@@ -2,7 +2,7 @@
 
 use super::flags::DeviceArgs;
 use anyhow::Result;
-use hayate_train::checkpoint::{Checkpoint, write_atomic};
+use hayate_train::checkpoint::write_atomic;
 use hayate_train::config::RunConfig;
 use std::path::PathBuf;
 
@@ -41,9 +41,8 @@ impl Command {
                 let base = args.config.as_deref().map(RunConfig::load).transpose()?;
                 let (device, _) = args.device.select()?;
                 let done = hayate_eval::diffusers::import(&args.dir, &args.out, base, &device)?;
-                let config = Checkpoint::load(&args.out)?.meta.config;
                 let toml = args.out.with_extension("toml");
-                write_atomic(&toml, config.to_toml().as_bytes())?;
+                write_atomic(&toml, done.config.to_toml().as_bytes())?;
                 let m = &done.model;
                 println!(
                     "imported {} tensors ({}x{} network, {} channels x {:?}; schedule from {}) \

@@ -141,6 +141,34 @@ mod tests {
         noisy.sampler = None;
         assert_eq!(noisy.name(default), "ddim");
         assert!(noisy.build(default, &schedule, &config).is_ok());
+        // Heun on the Karras grid: 6 sigmas, 11 network evaluations; no eta either.
+        let heun = [
+            "hayate",
+            "sample",
+            "--checkpoint",
+            "r",
+            "--sampler",
+            "heun-karras",
+            "--steps",
+            "6",
+        ];
+        let Command::Sample(args) = Cli::try_parse_from(heun).unwrap().command else {
+            panic!("{heun:?} is not a sample command");
+        };
+        let sampler = args.sampler.build(default, &schedule, &config).unwrap();
+        assert_eq!(sampler.timesteps(&schedule).len(), 11);
+        assert_eq!(args.sampler.name(default), "heun-karras");
+        let mut noisy = args.sampler.clone();
+        noisy.eta = Some(0.3);
+        let err = noisy
+            .build(default, &schedule, &config)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("--eta") && err.contains("heun-karras"),
+            "{err}"
+        );
         // The shared groups parse the same way in every subcommand that flattens them.
         let heads: [&[&str]; 3] = [
             &["sample", "--checkpoint", "r"],

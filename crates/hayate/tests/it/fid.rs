@@ -138,6 +138,7 @@ fn training_logs_fid_at_the_configured_steps() {
     assert_eq!(result["step"], 4);
     assert_eq!(result["sampler"], "ddim");
     assert_eq!(result["steps"], 2);
+    assert_eq!(result["evaluations"], 2);
     assert_eq!(result["seed"], 0);
     assert_eq!(result["reference"], "cifar10-train");
     assert!(
@@ -152,6 +153,69 @@ fn training_logs_fid_at_the_configured_steps() {
         (logged - evaluated).abs() <= 1e-9 * logged,
         "FID logged in training {logged}, by eval fid {evaluated}"
     );
+
+    // `hayate eval nfe`: a point per sampler and evaluation count, DDIM's 2-step point the
+    // FID above, Heun's counts odd, and the table and chart written.
+    let out = dir.path().join("nfe");
+    let mut line: Vec<OsString> = [
+        "hayate",
+        "eval",
+        "nfe",
+        "--backend",
+        "cpu",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--n",
+        "6",
+        "--batch",
+        "3",
+        "--samplers",
+        "ddim,heun-karras",
+        "--evaluations",
+        "2,4",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    for (flag, path) in [
+        ("--data-dir", data.as_path()),
+        ("--inception-weights", weights.as_path()),
+        ("--out", out.as_path()),
+    ] {
+        line.extend([OsString::from(flag), path.as_os_str().to_owned()]);
+    }
+    hayate::cli::run(hayate::cli::Cli::try_parse_from(line).unwrap()).unwrap();
+    let nfe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("nfe.json")).unwrap()).unwrap();
+    let rows = nfe["results"].as_array().unwrap();
+    let got: Vec<(&str, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["sampler"].as_str().unwrap(),
+                r["steps"].as_u64().unwrap(),
+                r["evaluations"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("ddim", 2, 2),
+            ("ddim", 4, 4),
+            ("heun-karras", 1, 1),
+            ("heun-karras", 2, 3)
+        ]
+    );
+    let ddim_2 = rows[0]["fid"].as_f64().unwrap();
+    assert!(
+        (ddim_2 - evaluated).abs() <= 1e-9 * evaluated,
+        "eval nfe's DDIM at 2 steps {ddim_2}, eval fid's {evaluated}"
+    );
+    assert!(rows.iter().all(|r| r["fid"].as_f64().unwrap() > 0.0));
+    let table = std::fs::read_to_string(out.join("nfe.md")).unwrap();
+    assert!(table.contains("| heun-karras | 2 | 3 |"), "{table}");
+    assert!(out.join("fid-vs-nfe.png").is_file());
 }
 
 /// Runs `hayate eval fid` as a user would type it (on CPU, with the shared data and the given

@@ -301,8 +301,8 @@ fn config_changes_need_consent_and_a_diverging_run_stops_at_its_first_bad_step()
     assert_eq!(changes[0]["step"], 4);
 }
 
-/// Resume is bit-exact for every timestep sampler (uniform and CLTS are covered above) and the
-/// other loss weights: a run stopped at step 4 and resumed to 8 ends with the same weights, EMA
+/// Resume is bit-exact for every timestep sampler (uniform and CLTS are covered above), the
+/// other loss weights, the noise assignments and the power EMA: a run stopped at step 4 and resumed to 8 ends with the same weights, EMA
 /// and random streams as one trained straight through.
 #[test]
 fn every_timestep_sampler_resumes_exactly() {
@@ -312,6 +312,7 @@ fn every_timestep_sampler_resumes_exactly() {
     let device = Device::flex();
     let samplers = [
         r#"timestep_sampler = { kind = "logit_normal", mean = 0.0, std = 1.0 }
+noise_assignment = { kind = "immiscible" }
 prediction = "v"
 loss_weight = { kind = "p2", k = 1.0, gamma = 1.0 }"#,
         r#"timestep_sampler = { kind = "log_normal", p_mean = -1.2, p_std = 1.2 }
@@ -319,9 +320,18 @@ prediction = "x0"
 loss_weight = { kind = "min_snr", gamma = 5.0 }"#,
         r#"timestep_sampler = { kind = "speed", tau = 700, k = 5.0 }
 loss_weight = { kind = "speed_change_aware", lambda = 0.6, tau = 700 }"#,
+        r#"timestep_sampler = { kind = "laplace", mu = 0.0, b = 0.5 }
+noise_assignment = { kind = "knn", k = 3 }"#,
     ];
     for (i, diffusion) in samplers.iter().enumerate() {
-        let config = |steps| common::tiny_config_with(steps, 4, diffusion);
+        let config = |steps| {
+            let mut config = common::tiny_config_with(steps, 4, diffusion);
+            // The power EMA, whose decay depends on the update count, resumes exactly too.
+            if diffusion.contains("laplace") {
+                config.train.ema_sigma_rel = Some(0.1);
+            }
+            config
+        };
         let straight = dir.path().join(format!("straight-{i}"));
         train(&options(config(8), &straight, &data, false), &device).unwrap();
         let resumed = dir.path().join(format!("resumed-{i}"));
