@@ -127,30 +127,8 @@ impl Sampler for DpmSolverPp {
 mod tests {
     use super::*;
     use crate::HostRng;
+    use crate::sampler::goldens::{cases, toy};
     use rand::SeedableRng;
-    use serde::Deserialize;
-
-    #[derive(Deserialize)]
-    struct Goldens {
-        cases: Vec<Case>,
-    }
-
-    #[derive(Deserialize)]
-    struct Case {
-        sampler: String,
-        prediction: String,
-        steps: usize,
-        timesteps: Vec<f64>,
-        start: Vec<f32>,
-        trajectory: Vec<Vec<f32>>,
-    }
-
-    /// The toy stand-in for a network that `scripts/make_sampler_goldens.py` gives diffusers.
-    fn toy(x: &[f32], t: &[f64]) -> Vec<f32> {
-        x.iter()
-            .map(|&v| 0.5 * v + 0.001 * t[0] as f32 - 0.1)
-            .collect()
-    }
 
     /// Runs the first `k` steps of `solver` by sampling with a schedule whose timesteps stop
     /// there: the trajectory after each step, from one full run.
@@ -177,21 +155,10 @@ mod tests {
 
     #[test]
     fn matches_diffusers_dpm_solver_multistep_scheduler() {
-        let goldens: Goldens =
-            serde_json::from_str(include_str!("../fixtures/diffusers_samplers.json")).unwrap();
-        let cases: Vec<Case> = goldens
-            .cases
-            .into_iter()
-            .filter(|c| c.sampler == "dpm-solver++(2m)")
-            .collect();
+        let cases = cases("dpm-solver++(2m)");
         assert_eq!(cases.len(), 6);
         for case in cases {
-            let prediction = match case.prediction.as_str() {
-                "epsilon" => Prediction::Eps,
-                "v_prediction" => Prediction::V,
-                "sample" => Prediction::X0,
-                other => panic!("unknown prediction {other}"),
-            };
+            let prediction = case.prediction();
             let solver = DpmSolverPp {
                 steps: case.steps,
                 clip_x0: false,

@@ -193,97 +193,70 @@ impl Sampler for Karras {
 mod tests {
     use super::*;
     use crate::HostRng;
+    use crate::sampler::goldens::{Case, cases, toy};
     use rand::SeedableRng;
-    use serde::Deserialize;
-
-    #[derive(Deserialize)]
-    struct Goldens {
-        cases: Vec<Case>,
-    }
-
-    #[derive(Deserialize)]
-    struct Case {
-        sampler: String,
-        prediction: String,
-        steps: usize,
-        timesteps: Vec<f64>,
-        start: Vec<f32>,
-        trajectory: Vec<Vec<f32>>,
-    }
-
-    /// The toy stand-in for a network that `scripts/make_sampler_goldens.py` gives diffusers.
-    fn toy(x: &[f32], t: &[f64]) -> Vec<f32> {
-        x.iter()
-            .map(|&v| 0.5 * v + 0.001 * t[0] as f32 - 0.1)
-            .collect()
-    }
 
     #[test]
     fn matches_diffusers_euler_and_heun_schedulers_with_karras_sigmas() {
-        let goldens: Goldens =
-            serde_json::from_str(include_str!("../fixtures/diffusers_samplers.json")).unwrap();
         let schedule = NoiseSchedule::ddpm();
         let mut checked = 0;
-        for case in goldens.cases {
-            let heun = match case.sampler.as_str() {
-                "euler-karras" => false,
-                "heun-karras" => true,
-                _ => continue,
-            };
-            let prediction = match case.prediction.as_str() {
-                "epsilon" => Prediction::Eps,
-                "v_prediction" => Prediction::V,
-                "sample" => Prediction::X0,
-                other => panic!("unknown prediction {other}"),
-            };
-            let solver = Karras {
-                steps: case.steps,
-                heun,
-                clip_x0: false,
-            };
-            let name = format!("{} {} {} steps", case.sampler, case.prediction, case.steps);
-            let times = solver.evaluation_times(&schedule);
-            assert_eq!(times.len(), case.timesteps.len(), "{name}");
-            for (a, b) in times.iter().zip(&case.timesteps) {
-                // diffusers' sigmas come from an f32 cumulative product of the alphas: ln sigma
-                // off by ~1e-5, which moves a timestep by up to ~5e-3.
-                assert!(
-                    (a - b).abs() < 1e-2,
-                    "{name}: {times:?} vs {:?}",
-                    case.timesteps
-                );
+        for (sampler, heun) in [("euler-karras", false), ("heun-karras", true)] {
+            for case in cases(sampler) {
+                checked += 1;
+                check_karras_case(&schedule, &case, heun);
             }
-            // diffusers records every network input (scale_model_input's output), then the final
-            // sample: the same from a recording denoiser.
-            let mut seen = Vec::new();
-            let mut recorder = |x: &[f32], t: &[f64]| {
-                seen.push(x.to_vec());
-                toy(x, t)
-            };
-            let last = solver.sample(
-                &schedule,
-                prediction,
-                &mut recorder,
-                case.start.clone(),
-                1,
-                &mut HostRng::seed_from_u64(0),
-            );
-            seen.push(last);
-            assert_eq!(seen.len(), case.trajectory.len(), "{name}");
-            for (i, (a, b)) in seen.iter().zip(&case.trajectory).enumerate() {
-                // diffusers works in f32 (its start is off by 2e-5 already, from sigma_max); the
-                // worst record, a Heun correction point after a long 5-step Euler step, is off
-                // by 6e-4, the final samples by at most 3e-4.
-                for (x, y) in a.iter().zip(b) {
-                    assert!(
-                        (x - y).abs() <= 1e-3 * y.abs().max(1.0),
-                        "{name}, record {i}: {a:?} vs diffusers {b:?}"
-                    );
-                }
-            }
-            checked += 1;
         }
         assert_eq!(checked, 12, "the goldens hold 12 Karras cases");
+    }
+
+    /// One golden case: the evaluation times, every network input and the final sample.
+    fn check_karras_case(schedule: &NoiseSchedule, case: &Case, heun: bool) {
+        let prediction = case.prediction();
+        let solver = Karras {
+            steps: case.steps,
+            heun,
+            clip_x0: false,
+        };
+        let name = format!("{} {} {} steps", case.sampler, case.prediction, case.steps);
+        let times = solver.evaluation_times(schedule);
+        assert_eq!(times.len(), case.timesteps.len(), "{name}");
+        for (a, b) in times.iter().zip(&case.timesteps) {
+            // diffusers' sigmas come from an f32 cumulative product of the alphas: ln sigma
+            // off by ~1e-5, which moves a timestep by up to ~5e-3.
+            assert!(
+                (a - b).abs() < 1e-2,
+                "{name}: {times:?} vs {:?}",
+                case.timesteps
+            );
+        }
+        // diffusers records every network input (scale_model_input's output), then the final
+        // sample: the same from a recording denoiser.
+        let mut seen = Vec::new();
+        let mut recorder = |x: &[f32], t: &[f64]| {
+            seen.push(x.to_vec());
+            toy(x, t)
+        };
+        let last = solver.sample(
+            schedule,
+            prediction,
+            &mut recorder,
+            case.start.clone(),
+            1,
+            &mut HostRng::seed_from_u64(0),
+        );
+        seen.push(last);
+        assert_eq!(seen.len(), case.trajectory.len(), "{name}");
+        for (i, (a, b)) in seen.iter().zip(&case.trajectory).enumerate() {
+            // diffusers works in f32 (its start is off by 2e-5 already, from sigma_max); the
+            // worst record, a Heun correction point after a long 5-step Euler step, is off
+            // by 6e-4, the final samples by at most 3e-4.
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= 1e-3 * y.abs().max(1.0),
+                    "{name}, record {i}: {a:?} vs diffusers {b:?}"
+                );
+            }
+        }
     }
 
     #[test]

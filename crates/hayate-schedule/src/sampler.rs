@@ -182,3 +182,57 @@ pub(crate) fn x0_and_eps_at(
     let x0 = x0.clamp(-1.0, 1.0);
     (x0, (x_t - ab.sqrt() * x0) / (1.0 - ab).sqrt())
 }
+
+/// The goldens `scripts/make_sampler_goldens.py` wrote from diffusers' schedulers, and the toy
+/// network it gave them, for the solvers' tests.
+#[cfg(test)]
+pub(crate) mod goldens {
+    use crate::Prediction;
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct Goldens {
+        cases: Vec<Case>,
+    }
+
+    /// One scheduler run: its timesteps and what it recorded along the way.
+    #[derive(Deserialize)]
+    pub(crate) struct Case {
+        pub sampler: String,
+        pub prediction: String,
+        pub steps: usize,
+        pub timesteps: Vec<f64>,
+        pub start: Vec<f32>,
+        pub trajectory: Vec<Vec<f32>>,
+    }
+
+    impl Case {
+        /// The case's prediction, as hayate names it.
+        pub fn prediction(&self) -> Prediction {
+            match self.prediction.as_str() {
+                "epsilon" => Prediction::Eps,
+                "v_prediction" => Prediction::V,
+                "sample" => Prediction::X0,
+                other => panic!("unknown prediction {other}"),
+            }
+        }
+    }
+
+    /// The cases of `sampler` (as the script names it).
+    pub(crate) fn cases(sampler: &str) -> Vec<Case> {
+        let goldens: Goldens =
+            serde_json::from_str(include_str!("../fixtures/diffusers_samplers.json")).unwrap();
+        goldens
+            .cases
+            .into_iter()
+            .filter(|c| c.sampler == sampler)
+            .collect()
+    }
+
+    /// The toy stand-in for a network that the script gives diffusers.
+    pub(crate) fn toy(x: &[f32], t: &[f64]) -> Vec<f32> {
+        x.iter()
+            .map(|&v| 0.5 * v + 0.001 * t[0] as f32 - 0.1)
+            .collect()
+    }
+}

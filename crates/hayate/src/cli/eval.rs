@@ -41,9 +41,6 @@ pub struct NfeArgs {
     /// Images on each side, the same for every point (FID depends on n).
     #[arg(long, default_value_t = 1000)]
     pub n: usize,
-    /// The reference set.
-    #[arg(long = "ref", value_enum, default_value_t = ImageSet::Cifar10Train)]
-    pub reference: ImageSet,
     /// The samplers to compare (DDIM with eta 0; DDPM, which takes all T steps, is not one).
     #[arg(
         long,
@@ -56,22 +53,10 @@ pub struct NfeArgs {
     /// each (the table gives what each sampler really took).
     #[arg(long, value_delimiter = ',', default_value = "5,10,20,50")]
     pub evaluations: Vec<usize>,
-    /// Seed of the sampling noise (the same starting noise for every point).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Images per batch through the sampler and Inception.
-    #[arg(long, default_value_t = 50)]
-    pub batch: usize,
-    /// The Inception weights (.pth from pytorch-fid or .safetensors); else
-    /// $HAYATE_INCEPTION_WEIGHTS, else downloaded into the cache.
-    #[arg(long)]
-    pub inception_weights: Option<PathBuf>,
-    /// Where the images come from.
+    /// The reference, the Inception weights, the noise seed (the same starting noise for every
+    /// point), the data and the device.
     #[command(flatten)]
-    pub data: DataArgs,
-    /// Where to run.
-    #[command(flatten)]
-    pub device: DeviceArgs,
+    pub setup: FidSetup,
     /// The folder to write into (created if needed).
     #[arg(long)]
     pub out: PathBuf,
@@ -96,7 +81,6 @@ impl NfeArgs {
             checkpoint: Some(self.checkpoint.clone()),
             images: None,
             n: self.n,
-            reference: self.reference,
             ref_prepared: None,
             cfg_scale: None,
             sampler: SamplerArgs {
@@ -104,20 +88,16 @@ impl NfeArgs {
                 steps: None,
                 eta: Some(0.0),
             },
-            seed: self.seed,
-            batch: self.batch,
-            inception_weights: self.inception_weights.clone(),
-            data: self.data.clone(),
-            device: self.device.clone(),
+            setup: self.setup.clone(),
             out: None,
         };
-        if fid.n < 2 || fid.batch == 0 {
+        if fid.n < 2 || fid.setup.batch == 0 {
             bail!("--n must be at least 2 and --batch positive");
         }
         let cache = hayate_train::train::cache_dir();
         let weights =
-            hayate_eval::fid::inception_weights(self.inception_weights.as_deref(), &cache)?;
-        let (device, _) = self.device.select()?;
+            hayate_eval::fid::inception_weights(self.setup.inception_weights.as_deref(), &cache)?;
+        let (device, _) = self.setup.device.select()?;
         let net = FidInception::load(&weights, &device)?;
         let trained = TrainedModel::open(&self.checkpoint, &device)?;
         let reference = fid.reference_side(&net, trained.model.resolution(), &cache)?;
@@ -154,7 +134,7 @@ impl NfeArgs {
             "step": trained.step,
             "n": self.n,
             "reference": reference.name,
-            "seed": self.seed,
+            "seed": self.setup.seed,
             "inception_weights": weights.display().to_string(),
             "results": rows,
         });
@@ -237,31 +217,12 @@ fn nfe_chart(result: &serde_json::Value) -> hayate_eval::plot::Chart {
     }
 }
 
-/// `hayate eval fid`.
-#[derive(Debug, clap::Args)]
-pub struct FidArgs {
-    /// A checkpoint file or run folder whose EMA model draws the images.
-    #[arg(long, conflicts_with = "images")]
-    pub checkpoint: Option<PathBuf>,
-    /// Instead of samples, compare this image set with the reference.
-    #[arg(long, value_enum)]
-    pub images: Option<ImageSet>,
-    /// Images on each side (FID depends on n: 50,000 is the standard).
-    #[arg(long, default_value_t = 50_000)]
-    pub n: usize,
+/// What every FID here is computed with, shared by `eval fid` and `eval nfe`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FidSetup {
     /// The reference set.
     #[arg(long = "ref", value_enum, default_value_t = ImageSet::Cifar10Train)]
     pub reference: ImageSet,
-    /// A prepared file (`hayate prepare`) as the reference set instead of --ref.
-    #[arg(long)]
-    pub ref_prepared: Option<PathBuf>,
-    /// Class-conditional models: the classifier-free guidance scale (default: the run's
-    /// sampling.cfg_scale).
-    #[arg(long)]
-    pub cfg_scale: Option<f64>,
-    /// How images are drawn.
-    #[command(flatten)]
-    pub sampler: SamplerArgs,
     /// Seed of the sampling noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -278,6 +239,33 @@ pub struct FidArgs {
     /// Where to run.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// `hayate eval fid`.
+#[derive(Debug, clap::Args)]
+pub struct FidArgs {
+    /// A checkpoint file or run folder whose EMA model draws the images.
+    #[arg(long, conflicts_with = "images")]
+    pub checkpoint: Option<PathBuf>,
+    /// Instead of samples, compare this image set with the reference.
+    #[arg(long, value_enum)]
+    pub images: Option<ImageSet>,
+    /// Images on each side (FID depends on n: 50,000 is the standard).
+    #[arg(long, default_value_t = 50_000)]
+    pub n: usize,
+    /// A prepared file (`hayate prepare`) as the reference set instead of --ref.
+    #[arg(long)]
+    pub ref_prepared: Option<PathBuf>,
+    /// Class-conditional models: the classifier-free guidance scale (default: the run's
+    /// sampling.cfg_scale).
+    #[arg(long)]
+    pub cfg_scale: Option<f64>,
+    /// How images are drawn.
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    /// The reference, the Inception weights, the noise seed, the data and the device.
+    #[command(flatten)]
+    pub setup: FidSetup,
     /// Also write the result as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -316,7 +304,7 @@ struct Side {
 impl FidArgs {
     /// Computes the FID, prints it, and writes the JSON if asked.
     pub fn run(self) -> Result<()> {
-        if self.n < 2 || self.batch == 0 {
+        if self.n < 2 || self.setup.batch == 0 {
             bail!("--n must be at least 2 and --batch positive");
         }
         let compared = match (&self.checkpoint, self.images) {
@@ -326,8 +314,8 @@ impl FidArgs {
         };
         let cache = hayate_train::train::cache_dir();
         let weights =
-            hayate_eval::fid::inception_weights(self.inception_weights.as_deref(), &cache)?;
-        let (device, _) = self.device.select()?;
+            hayate_eval::fid::inception_weights(self.setup.inception_weights.as_deref(), &cache)?;
+        let (device, _) = self.setup.device.select()?;
         eprintln!("Inception weights {}", weights.display());
         let net = FidInception::load(&weights, &device)?;
         let (subject, reference, drawn) = match compared {
@@ -370,7 +358,7 @@ impl FidArgs {
             result["sampler"] = sampler.into();
             result["steps"] = steps.into();
             result["evaluations"] = evaluations.into();
-            result["seed"] = self.seed.into();
+            result["seed"] = self.setup.seed.into();
         }
         if let Some(out) = &self.out {
             hayate_train::checkpoint::write_atomic(out, format!("{result:#}\n").as_bytes())?;
@@ -385,10 +373,10 @@ impl FidArgs {
                 let data = hayate_data::PreparedImages::open(path)?;
                 Ok(Side {
                     name: path.display().to_string(),
-                    stats: dataset_statistics(net, &data, self.n, self.batch, cache)?,
+                    stats: dataset_statistics(net, &data, self.n, self.setup.batch, cache)?,
                 })
             }
-            None => self.cifar10_side(self.reference, net, resolution, cache),
+            None => self.cifar10_side(self.setup.reference, net, resolution, cache),
         }
     }
 
@@ -401,14 +389,14 @@ impl FidArgs {
         cache: &Path,
     ) -> Result<Side> {
         let data = hayate_train::dataset::cifar10_images(
-            self.data.data_dir.as_deref(),
+            self.setup.data.data_dir.as_deref(),
             set.split(),
             resolution,
             cache,
         )?;
         Ok(Side {
             name: choice_name(set),
-            stats: dataset_statistics(net, data.as_ref(), self.n, self.batch, cache)?,
+            stats: dataset_statistics(net, data.as_ref(), self.n, self.setup.batch, cache)?,
         })
     }
 
@@ -423,8 +411,8 @@ impl FidArgs {
             trained.sampling(),
             sampler.as_ref(),
             self.n,
-            self.batch,
-            self.seed,
+            self.setup.batch,
+            self.setup.seed,
             self.cfg_scale.unwrap_or(config.sampling.cfg_scale),
         );
         let stats = statistics_of(net, batches.map(Ok), Some(self.n))?;

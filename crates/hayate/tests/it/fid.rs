@@ -157,12 +157,7 @@ fn training_logs_fid_at_the_configured_steps() {
     // `hayate eval nfe`: a point per sampler and evaluation count, DDIM's 2-step point the
     // FID above, Heun's counts odd, and the table and chart written.
     let out = dir.path().join("nfe");
-    let mut line: Vec<OsString> = [
-        "hayate",
-        "eval",
-        "nfe",
-        "--backend",
-        "cpu",
+    let args = [
         "--checkpoint",
         run.to_str().unwrap(),
         "--n",
@@ -173,18 +168,8 @@ fn training_logs_fid_at_the_configured_steps() {
         "ddim,heun-karras",
         "--evaluations",
         "2,4",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
-    for (flag, path) in [
-        ("--data-dir", data.as_path()),
-        ("--inception-weights", weights.as_path()),
-        ("--out", out.as_path()),
-    ] {
-        line.extend([OsString::from(flag), path.as_os_str().to_owned()]);
-    }
-    hayate::cli::run(hayate::cli::Cli::try_parse_from(line).unwrap()).unwrap();
+    ];
+    run_eval("nfe", &args, &data, &weights, &out);
     let nfe: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("nfe.json")).unwrap()).unwrap();
     let rows = nfe["results"].as_array().unwrap();
@@ -216,25 +201,6 @@ fn training_logs_fid_at_the_configured_steps() {
     let table = std::fs::read_to_string(out.join("nfe.md")).unwrap();
     assert!(table.contains("| heun-karras | 2 | 3 |"), "{table}");
     assert!(out.join("fid-vs-nfe.png").is_file());
-}
-
-/// Runs `hayate eval fid` as a user would type it (on CPU, with the shared data and the given
-/// weights) and returns the JSON it wrote.
-fn eval_fid(args: &[&str], data: &Path, weights: &Path, out: &Path) -> serde_json::Value {
-    let mut line: Vec<OsString> = ["hayate", "eval", "fid", "--backend", "cpu"]
-        .iter()
-        .chain(args)
-        .map(OsString::from)
-        .collect();
-    for (flag, path) in [
-        ("--data-dir", data),
-        ("--inception-weights", weights),
-        ("--out", out),
-    ] {
-        line.extend([OsString::from(flag), path.as_os_str().to_owned()]);
-    }
-    hayate::cli::run(hayate::cli::Cli::try_parse_from(line).unwrap()).unwrap();
-    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
 }
 
 /// `hayate eval fid` on two image sets writes its result, naming what was compared (as the
@@ -293,4 +259,29 @@ fn eval_fid_compares_two_cifar10_splits() {
         (a - b).abs() < 1e-6 * a,
         "FID {a} against CIFAR-10, {b} against the prepared file"
     );
+}
+
+/// Runs `hayate eval fid` as a user would type it (on CPU, with the shared data and the given
+/// weights) and returns the JSON it wrote.
+fn eval_fid(args: &[&str], data: &Path, weights: &Path, out: &Path) -> serde_json::Value {
+    run_eval("fid", args, data, weights, out);
+    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
+}
+
+/// Runs `hayate eval EVALUATION` with `args` on the CPU, the shared data, the given weights and
+/// `--out out`.
+fn run_eval(evaluation: &str, args: &[&str], data: &Path, weights: &Path, out: &Path) {
+    let mut line: Vec<OsString> = ["hayate", "eval", evaluation, "--backend", "cpu"]
+        .iter()
+        .chain(args)
+        .map(OsString::from)
+        .collect();
+    for (flag, path) in [
+        ("--data-dir", data),
+        ("--inception-weights", weights),
+        ("--out", out),
+    ] {
+        line.extend([OsString::from(flag), path.as_os_str().to_owned()]);
+    }
+    hayate::cli::run(hayate::cli::Cli::try_parse_from(line).unwrap()).unwrap();
 }
