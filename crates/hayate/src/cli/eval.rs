@@ -91,17 +91,12 @@ impl NfeArgs {
             setup: self.setup.clone(),
             out: None,
         };
-        if fid.n < 2 || fid.setup.batch == 0 {
-            bail!("--n must be at least 2 and --batch positive");
-        }
-        let cache = hayate_train::train::cache_dir();
-        let weights =
-            hayate_eval::fid::inception_weights(self.setup.inception_weights.as_deref(), &cache)?;
-        let (device, _) = self.setup.device.select()?;
-        let net = FidInception::load(&weights, &device)?;
-        let trained = TrainedModel::open(&self.checkpoint, &device)?;
-        let reference = fid.reference_side(&net, trained.model.resolution(), &cache)?;
-        let mut rows = Vec::new();
+        check_sizes(fid.n, fid.setup.batch)?;
+        let inception = fid.setup.inception()?;
+        let trained = TrainedModel::open(&self.checkpoint, &inception.device)?;
+        let reference =
+            fid.reference_side(&inception.net, trained.model.resolution(), &inception.cache)?;
+        let mut points = Vec::new();
         for &choice in &self.samplers {
             let name = choice_name(choice);
             for &target in &self.evaluations {
@@ -113,20 +108,19 @@ impl NfeArgs {
                 fid.sampler.sampler = Some(choice);
                 fid.sampler.steps = Some(steps);
                 let started = std::time::Instant::now();
-                let (side, drawn) = fid.sample_side(&net, &trained)?;
-                let value = frechet_distance(&side.stats, &reference.stats);
-                let seconds = started.elapsed().as_secs_f64();
+                let (side, drawn) = fid.sample_side(&inception.net, &trained)?;
+                let point = NfePoint {
+                    sampler: name.clone(),
+                    steps: drawn.steps,
+                    evaluations: drawn.evaluations,
+                    fid: frechet_distance(&side.stats, &reference.stats),
+                    seconds: started.elapsed().as_secs_f64(),
+                };
                 println!(
-                    "{name} {steps} steps ({} evaluations): FID {value:.4} ({seconds:.0} s)",
-                    drawn.evaluations
+                    "{name} {steps} steps ({} evaluations): FID {:.4} ({:.0} s)",
+                    point.evaluations, point.fid, point.seconds
                 );
-                rows.push(serde_json::json!({
-                    "sampler": name,
-                    "steps": drawn.steps,
-                    "evaluations": drawn.evaluations,
-                    "fid": value,
-                    "seconds": seconds,
-                }));
+                points.push(point);
             }
         }
         let result = serde_json::json!({
@@ -135,15 +129,23 @@ impl NfeArgs {
             "n": self.n,
             "reference": reference.name,
             "seed": self.setup.seed,
-            "inception_weights": weights.display().to_string(),
-            "results": rows,
+            "inception_weights": inception.weights.display().to_string(),
+            "results": points.iter().map(NfePoint::json).collect::<Vec<_>>(),
         });
+        let heading = format!(
+            "FID against network evaluations: {}, step {}, n = {} against {}, seed {}",
+            trained.path.display(),
+            trained.step,
+            self.n,
+            reference.name,
+            self.setup.seed
+        );
         let write = |file: &str, text: String| {
             hayate_train::checkpoint::write_atomic(&self.out.join(file), text.as_bytes())
         };
         write("nfe.json", format!("{result:#}\n"))?;
-        write("nfe.md", nfe_table(&result))?;
-        nfe_chart(&result).save(&self.out.join("fid-vs-nfe.png"))?;
+        write("nfe.md", nfe_table(&heading, &points))?;
+        nfe_chart(self.n, &points).save(&self.out.join("fid-vs-nfe.png"))?;
         println!(
             "wrote nfe.json, nfe.md and fid-vs-nfe.png into {}",
             self.out.display()
@@ -152,55 +154,54 @@ impl NfeArgs {
     }
 }
 
-/// The rows of an `eval nfe` result, as (sampler, evaluations, FID).
-fn nfe_points(result: &serde_json::Value) -> Vec<(String, u64, f64)> {
-    result["results"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            (
-                r["sampler"].as_str().unwrap_or_default().to_string(),
-                r["evaluations"].as_u64().unwrap_or_default(),
-                r["fid"].as_f64().unwrap_or(f64::NAN),
-            )
-        })
-        .collect()
+/// One point of `eval nfe`.
+#[derive(Debug)]
+struct NfePoint {
+    sampler: String,
+    steps: usize,
+    evaluations: usize,
+    fid: f64,
+    seconds: f64,
 }
 
-/// A Markdown table: a row per sampler and evaluation count, FID and the time it took.
-fn nfe_table(result: &serde_json::Value) -> String {
+impl NfePoint {
+    /// The point as a row of `nfe.json`.
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "evaluations": self.evaluations,
+            "fid": self.fid,
+            "seconds": self.seconds,
+        })
+    }
+}
+
+/// A Markdown table under `heading`: a row per sampler and evaluation count, FID and the time
+/// it took.
+fn nfe_table(heading: &str, points: &[NfePoint]) -> String {
     let mut text = format!(
-        "FID against network evaluations: {}, step {}, n = {} against {}, seed {}\n\n\
-         | sampler | steps | network evaluations | FID | seconds |\n| --- | --- | --- | --- | --- |\n",
-        result["checkpoint"].as_str().unwrap_or_default(),
-        result["step"],
-        result["n"],
-        result["reference"].as_str().unwrap_or_default(),
-        result["seed"],
+        "{heading}\n\n| sampler | steps | network evaluations | FID | seconds |\n\
+         | --- | --- | --- | --- | --- |\n"
     );
-    for r in result["results"].as_array().into_iter().flatten() {
+    for p in points {
         text += &format!(
             "| {} | {} | {} | {:.2} | {:.0} |\n",
-            r["sampler"].as_str().unwrap_or_default(),
-            r["steps"],
-            r["evaluations"],
-            r["fid"].as_f64().unwrap_or(f64::NAN),
-            r["seconds"].as_f64().unwrap_or(f64::NAN),
+            p.sampler, p.steps, p.evaluations, p.fid, p.seconds
         );
     }
     text
 }
 
 /// FID against evaluations, a curve per sampler.
-fn nfe_chart(result: &serde_json::Value) -> hayate_eval::plot::Chart {
+fn nfe_chart(n: usize, points: &[NfePoint]) -> hayate_eval::plot::Chart {
     let mut series: Vec<hayate_eval::plot::Series> = Vec::new();
-    for (sampler, evaluations, fid) in nfe_points(result) {
-        let point = (evaluations as f64, fid);
-        match series.iter_mut().find(|s| s.name == sampler) {
+    for p in points {
+        let point = (p.evaluations as f64, p.fid);
+        match series.iter_mut().find(|s| s.name == p.sampler) {
             Some(s) => s.points.push(point),
             None => series.push(hayate_eval::plot::Series {
-                name: sampler,
+                name: p.sampler.clone(),
                 points: vec![point],
             }),
         }
@@ -209,11 +210,46 @@ fn nfe_chart(result: &serde_json::Value) -> hayate_eval::plot::Chart {
         s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
     hayate_eval::plot::Chart {
-        title: format!("FID (n = {}) against network evaluations", result["n"]),
+        title: format!("FID (n = {n}) against network evaluations"),
         x_label: "network evaluations per image".into(),
         y_label: "FID".into(),
         series,
         log_y: false,
+    }
+}
+
+/// Refuses an n or batch FID cannot be computed with.
+fn check_sizes(n: usize, batch: usize) -> Result<()> {
+    if n < 2 || batch == 0 {
+        bail!("--n must be at least 2 and --batch positive");
+    }
+    Ok(())
+}
+
+/// The Inception network an evaluation runs, where it runs, and the cache it keeps statistics in.
+struct Inception {
+    cache: PathBuf,
+    weights: PathBuf,
+    device: burn::prelude::Device,
+    net: FidInception,
+}
+
+impl FidSetup {
+    /// Finds the weights (downloading them into the cache if need be), picks the device and
+    /// loads the network there.
+    fn inception(&self) -> Result<Inception> {
+        let cache = hayate_train::train::cache_dir();
+        let weights =
+            hayate_eval::fid::inception_weights(self.inception_weights.as_deref(), &cache)?;
+        let (device, _) = self.device.select()?;
+        eprintln!("Inception weights {}", weights.display());
+        let net = FidInception::load(&weights, &device)?;
+        Ok(Inception {
+            cache,
+            weights,
+            device,
+            net,
+        })
     }
 }
 
@@ -304,20 +340,18 @@ struct Side {
 impl FidArgs {
     /// Computes the FID, prints it, and writes the JSON if asked.
     pub fn run(self) -> Result<()> {
-        if self.n < 2 || self.setup.batch == 0 {
-            bail!("--n must be at least 2 and --batch positive");
-        }
+        check_sizes(self.n, self.setup.batch)?;
         let compared = match (&self.checkpoint, self.images) {
             (Some(path), _) => Compared::Samples(path),
             (None, Some(set)) => Compared::Images(set),
             (None, None) => bail!("give --checkpoint or --images"),
         };
-        let cache = hayate_train::train::cache_dir();
-        let weights =
-            hayate_eval::fid::inception_weights(self.setup.inception_weights.as_deref(), &cache)?;
-        let (device, _) = self.setup.device.select()?;
-        eprintln!("Inception weights {}", weights.display());
-        let net = FidInception::load(&weights, &device)?;
+        let Inception {
+            cache,
+            weights,
+            device,
+            net,
+        } = self.setup.inception()?;
         let (subject, reference, drawn) = match compared {
             Compared::Samples(path) => {
                 let trained = TrainedModel::open(path, &device)?;
