@@ -35,6 +35,11 @@ bench-throughput PRESET="ddpm_cifar10" *ARGS:
 bench-convergence CONFIG="experiments/bench-convergence.toml" *ARGS:
     cargo run --release -p hayate -- bench convergence --config {{CONFIG}} {{ARGS}}
 
+# The long-horizon convergence benchmark, a part at a time over days (runs kept in the cache and
+# resumed): just bench-long --backend cpu --method baseline --seed 0   (no --method: every part)
+bench-long *ARGS:
+    cargo run --release -p hayate -- bench convergence --config experiments/bench-long.toml {{ARGS}}
+
 # Retrain the benchmark's feature network (benches/cifar10-16-features.hfn, about 5 minutes on a CPU).
 bench-feature-net *ARGS:
     cargo run --release -p hayate -- bench feature-net {{ARGS}}

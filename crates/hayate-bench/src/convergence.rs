@@ -50,6 +50,12 @@ pub struct BenchConfig {
     pub ref_n: usize,
     /// Inception FID of some checkpoints, to check that the proxy ranks them alike.
     pub inception: Option<InceptionCheck>,
+    /// The quality levels speed-ups are measured at: the baseline's score at these fractions
+    /// of its run (1: its final score).
+    #[serde(default = "default_levels")]
+    pub levels: Vec<f64>,
+    /// The full-size recipe the speed-ups are translated to, in GPU hours.
+    pub full_recipe: Option<FullRecipe>,
     /// The base run: a full run config (model, diffusion, train, data, sampling).
     pub run: toml::Table,
     /// The methods; the first is the baseline the others are measured against.
@@ -67,6 +73,31 @@ pub struct InceptionCheck {
     pub ref_n: usize,
 }
 
+/// A full training recipe and a measured throughput for it, to say what a speed-up saves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FullRecipe {
+    /// What it is, and where the throughput comes from.
+    pub name: String,
+    /// Its training steps.
+    pub steps: u64,
+    /// Its images per step.
+    pub batch_size: u64,
+    /// Training images per second on one accelerator.
+    pub images_per_second: f64,
+}
+
+impl FullRecipe {
+    /// Accelerator hours of the whole recipe.
+    pub fn hours(&self) -> f64 {
+        (self.steps * self.batch_size) as f64 / self.images_per_second / 3600.0
+    }
+}
+
+fn default_levels() -> Vec<f64> {
+    vec![0.25, 0.5, 1.0]
+}
+
 /// One method: a name and the settings it changes in the base run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +107,10 @@ pub struct Method {
     /// Tables merged into the base run (same layout as a run config).
     #[serde(default)]
     pub run: toml::Table,
+    /// Settings of the base run this method removes, as dotted paths
+    /// (`"train.ema_sigma_rel"`), so that their defaults apply.
+    #[serde(default)]
+    pub unset: Vec<String>,
 }
 
 /// `over` merged into `base`: tables recursively, anything else replaced.
@@ -116,6 +151,19 @@ impl BenchConfig {
             "eval_every, eval_ddim_steps must be positive and eval_n at least 2"
         );
         ensure!(config.ref_n >= 2, "ref_n must be at least 2");
+        ensure!(
+            !config.levels.is_empty()
+                && config.levels.iter().all(|&f| f > 0.0 && f <= 1.0)
+                && config.levels.windows(2).all(|w| w[0] < w[1]),
+            "levels: give increasing fractions of the baseline's run in (0, 1], got {:?}",
+            config.levels
+        );
+        if let Some(r) = &config.full_recipe {
+            ensure!(
+                r.steps > 0 && r.batch_size > 0 && r.images_per_second > 0.0,
+                "full_recipe: steps, batch_size and images_per_second must be positive"
+            );
+        }
         if let Some(check) = &config.inception {
             ensure!(
                 check.n >= 2 && check.n <= config.eval_n && check.ref_n >= 2,
@@ -148,6 +196,24 @@ impl BenchConfig {
     pub fn run_config(&self, index: usize, seed: u64) -> Result<RunConfig> {
         let method = &self.method[index];
         let mut table = self.run.clone();
+        for path in &method.unset {
+            let (parents, key) = path.rsplit_once('.').unwrap_or(("", path));
+            let mut at = &mut table;
+            for part in parents.split('.').filter(|p| !p.is_empty()) {
+                at = match at.get_mut(part) {
+                    Some(toml::Value::Table(t)) => t,
+                    _ => bail!(
+                        "method {:?}: unset {path:?}: the base run has no such table",
+                        method.name
+                    ),
+                };
+            }
+            ensure!(
+                at.remove(key).is_some(),
+                "method {:?}: unset {path:?}: the base run does not set it",
+                method.name
+            );
+        }
         merge(&mut table, &method.run);
         let mut config: RunConfig = toml::Value::Table(table)
             .try_into()
@@ -193,13 +259,28 @@ pub struct BenchOptions {
     pub data_dir: Option<PathBuf>,
     /// Results folder.
     pub out: PathBuf,
-    /// Where the trained runs are kept (default `out/runs`). Benchmarks given the same folder
-    /// share the runs they have in common (same method name, seed and settings).
-    pub runs: Option<PathBuf>,
+    /// Where the trained runs are kept (see [`default_runs_dir`]). Benchmarks given the same
+    /// folder share the runs they have in common (same method name, seed and settings).
+    pub runs: PathBuf,
+    /// Train and score only these methods (by name; empty: all). The others' finished runs
+    /// still enter the report, so a long benchmark can be run a part at a time.
+    pub only_methods: Vec<String>,
+    /// Train and score only these seeds (empty: all).
+    pub only_seeds: Vec<u64>,
     /// Run the Inception check (when the config has one).
     pub inception: bool,
     /// Inception weights (else the default lookup).
     pub inception_weights: Option<PathBuf>,
+}
+
+/// Where a benchmark's trained runs are kept by default: in the cache
+/// (`$HAYATE_CACHE/bench-runs/<benchmark file name>`), outside any clone, so that days of
+/// training survive a fresh checkout and a later invocation continues them.
+pub fn default_runs_dir(config: &Path) -> PathBuf {
+    let name = config
+        .file_stem()
+        .map_or_else(|| "bench".into(), |s| s.to_string_lossy().into_owned());
+    cache_dir().join("bench-runs").join(name)
 }
 
 /// One scored checkpoint.
@@ -211,6 +292,10 @@ pub struct Score {
     pub proxy: f64,
     /// Inception FID, where checked.
     pub inception: Option<f64>,
+    /// Seconds of training up to this checkpoint, over every resume (absent in checkpoints
+    /// written before hayate kept it).
+    #[serde(default)]
+    pub seconds: Option<f64>,
 }
 
 /// One method trained with one seed.
@@ -228,6 +313,12 @@ pub struct RunResult {
     pub eval_seconds: f64,
     /// Matches the config and evaluation it came from.
     pub digest: String,
+    /// Training images per step.
+    #[serde(default)]
+    pub images_per_step: u64,
+    /// The processor it was trained on (`hayate bench throughput`'s description).
+    #[serde(default)]
+    pub processor: String,
 }
 
 /// A method's figures over seeds.
@@ -240,6 +331,26 @@ pub struct MethodSummary {
     /// Speed-up over the baseline for each seed (`None`: the baseline's final score not
     /// reached).
     pub speedups: Vec<Option<f64>>,
+    /// The same and the time to quality at each of the benchmark's quality levels.
+    #[serde(default)]
+    pub levels: Vec<LevelSummary>,
+    /// Relative improvement of the score over the last quarter of the run, per seed: how
+    /// flat the curve has become (the long benchmark's length is chosen by the baseline's).
+    #[serde(default)]
+    pub last_quarter_gain: Vec<Option<f64>>,
+}
+
+/// A method at one quality level (the baseline's score at a fraction of its run), per seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelSummary {
+    /// The fraction of the baseline's run.
+    pub fraction: f64,
+    /// The baseline's steps over the method's to reach that score (`None`: not reached).
+    pub speedups: Vec<Option<f64>>,
+    /// Training seconds the method took to reach it.
+    pub seconds: Vec<Option<f64>>,
+    /// Training images it saw until then.
+    pub images: Vec<Option<f64>>,
 }
 
 /// Everything the benchmark measured.
@@ -255,6 +366,9 @@ pub struct ConvergenceReport {
     pub spearman_finals: Option<f64>,
     /// Wall time of this invocation in seconds (runs reused from an earlier one excluded).
     pub wall_seconds: f64,
+    /// The full recipe the speed-ups are translated to.
+    #[serde(default)]
+    pub full_recipe: Option<FullRecipe>,
 }
 
 /// Steps a curve needs to reach `target` or lower: the first evaluation at or below it, with
@@ -274,6 +388,40 @@ pub fn steps_to_reach(curve: &[(u64, f64)], target: f64) -> Option<f64> {
 pub fn speedup(baseline: &[(u64, f64)], method: &[(u64, f64)]) -> Option<f64> {
     let &(last, target) = baseline.last()?;
     Some(last as f64 / steps_to_reach(method, target)?)
+}
+
+/// A piecewise-linear curve's value at `x`, between its first and last points.
+pub fn value_at(curve: &[(f64, f64)], x: f64) -> Option<f64> {
+    let i = curve.iter().position(|&(cx, _)| cx >= x)?;
+    let (x1, y1) = curve[i];
+    if i == 0 {
+        return (x1 == x).then_some(y1);
+    }
+    let (x0, y0) = curve[i - 1];
+    Some(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+}
+
+/// At quality level `fraction` (the baseline's score at that fraction of its run): the
+/// baseline's step there, over the steps `method` needs to reach the same score, and those steps.
+pub fn speedup_at(
+    baseline: &[(u64, f64)],
+    method: &[(u64, f64)],
+    fraction: f64,
+) -> Option<(f64, f64)> {
+    let last = baseline.last()?.0 as f64;
+    let points: Vec<(f64, f64)> = baseline.iter().map(|&(s, v)| (s as f64, v)).collect();
+    let step = fraction * last;
+    let target = value_at(&points, step)?;
+    let steps = steps_to_reach(method, target)?;
+    Some((step / steps, steps))
+}
+
+/// (score at 3/4 of the run - final score) / score at 3/4: what the last quarter still gained.
+pub fn last_quarter_gain(curve: &[(u64, f64)]) -> Option<f64> {
+    let &(last, end) = curve.last()?;
+    let points: Vec<(f64, f64)> = curve.iter().map(|&(s, v)| (s as f64, v)).collect();
+    let at = value_at(&points, 0.75 * last as f64)?;
+    Some((at - end) / at)
 }
 
 /// Spearman's rank correlation (average ranks for ties); `None` under 3 points.
@@ -307,6 +455,21 @@ pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
         syy += (b - mean) * (b - mean);
     }
     (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
+}
+
+/// The mean (min-max) of the values that are there, and how many are when some are not.
+fn spread(values: &[Option<f64>], show: impl Fn(f64) -> String) -> String {
+    let there: Vec<f64> = values.iter().flatten().copied().collect();
+    if there.is_empty() {
+        return "not reached".into();
+    }
+    let lo = there.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = there.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut text = format!("{} ({}-{})", show(mean_sd(&there).0), show(lo), show(hi));
+    if there.len() < values.len() {
+        text += &format!(" [{}/{}]", there.len(), values.len());
+    }
+    text
 }
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {
@@ -354,6 +517,78 @@ impl ConvergenceReport {
             }
             out += "\n";
         }
+        out += &self.time_to_quality();
+        out
+    }
+
+    /// Speed-ups at every quality level, time and images to the baseline's final score, how
+    /// much the last quarter still gained, and the full recipe's accelerator hours.
+    fn time_to_quality(&self) -> String {
+        let Some(first) = self.methods.first() else {
+            return String::new();
+        };
+        let mut out = String::from("\n| method |");
+        for level in &first.levels {
+            out += &format!(
+                " speed-up at the baseline's {:.0}% score |",
+                100.0 * level.fraction
+            );
+        }
+        out += " training time to the baseline's final score | images to it | last-quarter gain |\n|---|";
+        out += &"---|".repeat(first.levels.len() + 3);
+        out += "\n";
+        let final_level = |m: &MethodSummary| m.levels.iter().find(|l| l.fraction == 1.0).cloned();
+        for m in &self.methods {
+            out += &format!("| {} |", m.method);
+            for level in &m.levels {
+                out += &format!(" {} |", spread(&level.speedups, |v| format!("{v:.2}x")));
+            }
+            let (secs, images) = final_level(m).map_or((vec![], vec![]), |l| (l.seconds, l.images));
+            out += &format!(
+                " {} | {} | {} |\n",
+                spread(&secs, |v| format!("{v:.0} s")),
+                spread(&images, |v| format!("{:.1}k", v / 1000.0)),
+                spread(&m.last_quarter_gain, |v| format!("{:.1}%", 100.0 * v)),
+            );
+        }
+        out += "\nEach cell: the mean over seeds (min-max); [k/n]: only k of n seeds reached it. \
+                Training time excludes checkpoints and scoring.\n";
+        let mut processors: Vec<&str> = self
+            .runs
+            .iter()
+            .map(|r| r.processor.as_str())
+            .filter(|p| !p.is_empty())
+            .collect();
+        processors.sort_unstable();
+        processors.dedup();
+        if !processors.is_empty() {
+            out += &format!("Trained on: {}.\n", processors.join("; "));
+        }
+        if let Some(recipe) = &self.full_recipe {
+            let hours = recipe.hours();
+            out += &format!(
+                "\nIn {} ({} steps of batch {} at {} images/s: {hours:.1} accelerator hours), \
+                 if the speed-up at the baseline's final score carried over:\n\n\
+                 | method | accelerator hours | saved |\n|---|---|---|\n",
+                recipe.name, recipe.steps, recipe.batch_size, recipe.images_per_second
+            );
+            for m in &self.methods {
+                let reached: Vec<f64> = final_level(m)
+                    .map(|l| l.speedups.into_iter().flatten().collect())
+                    .unwrap_or_default();
+                if reached.is_empty() {
+                    out += &format!("| {} | not reached | - |\n", m.method);
+                } else {
+                    let speed = mean_sd(&reached).0;
+                    out += &format!(
+                        "| {} | {:.1} | {:.1} |\n",
+                        m.method,
+                        hours / speed,
+                        hours - hours / speed
+                    );
+                }
+            }
+        }
         out
     }
 
@@ -399,8 +634,9 @@ fn score(
     inception: Option<&(hayate_eval::inception::FidInception, Reference, usize)>,
     device: &Device,
 ) -> Result<Score> {
-    let trained =
-        TrainedModel::from_checkpoint(path.to_path_buf(), &Checkpoint::load(path)?, device)?;
+    let checkpoint = Checkpoint::load(path)?;
+    let seconds = checkpoint.meta.train_seconds;
+    let trained = TrainedModel::from_checkpoint(path.to_path_buf(), &checkpoint, device)?;
     let sampler = SamplerSpec {
         solver: bench.eval_sampler,
         steps: bench.eval_ddim_steps,
@@ -437,6 +673,7 @@ fn score(
         step: trained.step,
         proxy: reference.distance(&stats),
         inception,
+        seconds: (seconds > 0.0).then_some(seconds),
     })
 }
 
@@ -513,10 +750,27 @@ pub fn run(
         Ok(())
     };
 
-    let runs_dir = options
-        .runs
-        .clone()
-        .unwrap_or_else(|| options.out.join("runs"));
+    let runs_dir = &options.runs;
+    for name in &options.only_methods {
+        ensure!(
+            bench.method.iter().any(|m| slug(&m.name) == slug(name)),
+            "--method {name:?}: the benchmark has no such method (it has {})",
+            bench
+                .method
+                .iter()
+                .map(|m| format!("{:?}", m.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for seed in &options.only_seeds {
+        ensure!(
+            bench.seeds.contains(seed),
+            "--seed {seed}: the benchmark's seeds are {:?}",
+            bench.seeds
+        );
+    }
+    let processor = crate::processor::Processor::detect().describe();
     let mut runs = Vec::new();
     for (index, method) in bench.method.iter().enumerate() {
         for (seed_index, &seed) in bench.seeds.iter().enumerate() {
@@ -536,7 +790,18 @@ pub fn run(
                 eprintln!("{} seed {seed}: done earlier", method.name);
                 // A run shared through --runs may have been stored under another benchmark's name.
                 done.method = method.name.clone();
+                done.images_per_step = config.train.batch_size as u64;
                 runs.push(done);
+                continue;
+            }
+            let selected = (options.only_methods.is_empty()
+                || options
+                    .only_methods
+                    .iter()
+                    .any(|m| slug(m) == slug(&method.name)))
+                && (options.only_seeds.is_empty() || options.only_seeds.contains(&seed));
+            if !selected {
+                eprintln!("{} seed {seed}: not finished, not selected", method.name);
                 continue;
             }
             let trained = hayate_train::checkpoint::list(&dir).unwrap_or_default();
@@ -557,7 +822,8 @@ pub fn run(
                 None => 0,
             };
             let clock = Instant::now();
-            if done_steps < config.train.steps {
+            let trained_now = done_steps < config.train.steps;
+            if trained_now {
                 eprintln!(
                     "{} seed {seed}: training {} steps{}",
                     method.name,
@@ -620,6 +886,13 @@ pub fn run(
                 train_seconds,
                 eval_seconds: clock.elapsed().as_secs_f64(),
                 digest,
+                images_per_step: config.train.batch_size as u64,
+                // Where its steps ran (a run trained before this invocation: not known here).
+                processor: if trained_now {
+                    processor.clone()
+                } else {
+                    String::new()
+                },
             };
             write_atomic(
                 &result_path,
@@ -629,7 +902,13 @@ pub fn run(
         }
     }
 
-    let report = summarize(runs, start.elapsed().as_secs_f64());
+    let report = summarize(
+        runs,
+        &bench.method[0].name,
+        &bench.levels,
+        bench.full_recipe.clone(),
+        start.elapsed().as_secs_f64(),
+    );
     write_atomic(
         &options.out.join("results.json"),
         serde_json::to_string_pretty(&report)?.as_bytes(),
@@ -639,30 +918,68 @@ pub fn run(
     Ok(report)
 }
 
-/// Speed-ups per method and seed (against the first method's run of the same seed) and the
-/// proxy's agreement with Inception FID.
-pub fn summarize(runs: Vec<RunResult>, wall_seconds: f64) -> ConvergenceReport {
+/// Speed-ups per method and seed (against the `baseline` method's run of the same seed) at the
+/// quality `levels`, the time to each, and the proxy's agreement with Inception FID.
+pub fn summarize(
+    runs: Vec<RunResult>,
+    baseline: &str,
+    levels: &[f64],
+    full_recipe: Option<FullRecipe>,
+    wall_seconds: f64,
+) -> ConvergenceReport {
     let curve =
         |r: &RunResult| -> Vec<(u64, f64)> { r.scores.iter().map(|s| (s.step, s.proxy)).collect() };
+    // Training seconds against step, from the start of the run.
+    let clock = |r: &RunResult| -> Option<Vec<(f64, f64)>> {
+        std::iter::once(Some((0.0, 0.0)))
+            .chain(r.scores.iter().map(|s| Some((s.step as f64, s.seconds?))))
+            .collect()
+    };
     let mut methods: Vec<MethodSummary> = Vec::new();
     for run in &runs {
         let baseline = runs
             .iter()
-            .find(|b| b.method == runs[0].method && b.seed == run.seed)
+            .find(|b| b.method == baseline && b.seed == run.seed)
             .map(curve)
             .unwrap_or_default();
-        let speed = speedup(&baseline, &curve(run));
+        let mine = curve(run);
+        let speed = speedup(&baseline, &mine);
         let last = run.scores.last().map_or(f64::NAN, |s| s.proxy);
-        match methods.iter_mut().find(|m| m.method == run.method) {
-            Some(m) => {
-                m.finals.push(last);
-                m.speedups.push(speed);
+        let seconds = clock(run);
+        let gain = last_quarter_gain(&mine);
+        let m = match methods.iter().position(|m| m.method == run.method) {
+            Some(i) => &mut methods[i],
+            None => {
+                methods.push(MethodSummary {
+                    method: run.method.clone(),
+                    finals: Vec::new(),
+                    speedups: Vec::new(),
+                    levels: levels
+                        .iter()
+                        .map(|&fraction| LevelSummary {
+                            fraction,
+                            speedups: Vec::new(),
+                            seconds: Vec::new(),
+                            images: Vec::new(),
+                        })
+                        .collect(),
+                    last_quarter_gain: Vec::new(),
+                });
+                methods.last_mut().expect("just pushed")
             }
-            None => methods.push(MethodSummary {
-                method: run.method.clone(),
-                finals: vec![last],
-                speedups: vec![speed],
-            }),
+        };
+        m.finals.push(last);
+        m.speedups.push(speed);
+        m.last_quarter_gain.push(gain);
+        for level in &mut m.levels {
+            let reached = speedup_at(&baseline, &mine, level.fraction);
+            level.speedups.push(reached.map(|(speed, _)| speed));
+            level
+                .seconds
+                .push(reached.and_then(|(_, steps)| value_at(seconds.as_ref()?, steps)));
+            level
+                .images
+                .push(reached.map(|(_, steps)| steps * run.images_per_step as f64));
         }
     }
     let checked: Vec<&Score> = runs
@@ -689,6 +1006,7 @@ pub fn summarize(runs: Vec<RunResult>, wall_seconds: f64) -> ConvergenceReport {
         runs,
         methods,
         wall_seconds,
+        full_recipe,
     }
 }
 
@@ -802,6 +1120,24 @@ timestep_sampler = { kind = "clts", mu = 0.3, sigma = 0.2, lambda_max = 0.5, ram
         assert!(e.contains("distinct") && e.contains("\"baseline\""), "{e}");
         let e = err(&BENCH.replace("ramp_steps = 2", "ramp_steps = 2, bogus = 1"));
         assert!(e.contains("CLTS") && e.contains("bogus"), "{e}");
+        let e = err(&BENCH.replace("name = \"CLTS\"", "name = \"CLTS\"\nunset = [\"train.lr\"]"));
+        assert!(e.contains("CLTS") && e.contains("does not set it"), "{e}");
+        let e = err(&BENCH.replace(
+            "name = \"CLTS\"",
+            "name = \"CLTS\"\nunset = [\"nothing.lr\"]",
+        ));
+        assert!(e.contains("no such table"), "{e}");
+        let unset = BenchConfig::parse(&BENCH.replace(
+            "name = \"CLTS\"",
+            "name = \"CLTS\"\nunset = [\"train.batch_size\"]",
+        ))
+        .unwrap();
+        let default = RunConfig::parse("[model]\npreset = \"tiny\"\n")
+            .unwrap()
+            .train
+            .batch_size;
+        assert_eq!(unset.run_config(1, 0).unwrap().train.batch_size, default);
+        assert_eq!(unset.run_config(0, 0).unwrap().train.batch_size, 4);
         let e = err(&BENCH.replace("seeds = [0, 1]", "seeds = []"));
         assert!(e.contains("seeds"), "{e}");
         let e = err(&BENCH.replace("ref_n = 16", "ref_n = 16\ncolour = 1"));
@@ -820,11 +1156,21 @@ timestep_sampler = { kind = "clts", mu = 0.3, sigma = 0.2, lambda_max = 0.5, ram
                     step: 100 * (i as u64 + 1),
                     proxy: p,
                     inception: (seed == 0).then_some(10.0 * p),
+                    // Seed 1 trains at 2 s per step, seed 0 at 1 s.
+                    seconds: Some(100.0 * (i as f64 + 1.0) * (seed as f64 + 1.0)),
                 })
                 .collect(),
             train_seconds: 0.0,
             eval_seconds: 0.0,
             digest: String::new(),
+            images_per_step: 32,
+            processor: "a test processor".into(),
+        };
+        let recipe = FullRecipe {
+            name: "DDPM's CIFAR-10 recipe".into(),
+            steps: 800_000,
+            batch_size: 128,
+            images_per_second: 1280.0,
         };
         let report = summarize(
             vec![
@@ -833,8 +1179,12 @@ timestep_sampler = { kind = "clts", mu = 0.3, sigma = 0.2, lambda_max = 0.5, ram
                 run("fast", 0, [4.0, 3.0, 2.0]),
                 run("fast", 1, [7.0, 6.5, 6.0]),
             ],
+            "base",
+            &[0.5, 1.0],
+            Some(recipe.clone()),
             1.0,
         );
+        assert_eq!(recipe.hours(), 800_000.0 * 128.0 / 1280.0 / 3600.0);
         assert_eq!(report.methods.len(), 2);
         assert_eq!(report.methods[0].speedups, vec![Some(1.0), Some(1.0)]);
         // Seed 0 reaches 3.0 at step 200 (1.5x); seed 1 never reaches 4.0.
@@ -851,5 +1201,30 @@ timestep_sampler = { kind = "clts", mu = 0.3, sigma = 0.2, lambda_max = 0.5, ram
             report.chart().series[1].points,
             vec![(100.0, 5.5), (200.0, 4.75), (300.0, 4.0)]
         );
+        // Half-way, the baseline of seed 0 scores 4.5 at step 150 (between 5 at 100 and 4 at
+        // 200); "fast" has reached 4.5 by its first evaluation,
+        // so at step 100: 1.5x. Seed 1's baseline: 5.5 at 150, never reached by "fast".
+        let fast = &report.methods[1];
+        assert_eq!(fast.levels[0].fraction, 0.5);
+        assert_eq!(fast.levels[0].speedups, vec![Some(1.5), None]);
+        // At the final level, seed 0 reaches 3.0 at step 200: 200 s and 6400 images.
+        assert_eq!(fast.levels[1].seconds, vec![Some(200.0), None]);
+        assert_eq!(fast.levels[1].images, vec![Some(6400.0), None]);
+        // The last quarter (score at step 225, 3.75, to 3.0) still gained 20%.
+        assert_eq!(report.methods[0].last_quarter_gain[0], Some(0.2));
+        assert!(
+            table.contains(
+                "| fast | 1.50x (1.50x-1.50x) [1/2] | 1.50x (1.50x-1.50x) [1/2] | \
+                 200 s (200 s-200 s) [1/2] | 6.4k (6.4k-6.4k) [1/2] | 16.6% (5.9%-27.3%) |"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("Trained on: a test processor."), "{table}");
+        // 22.2 hours for the baseline; 1.5x leaves 14.8.
+        assert!(table.contains("| fast | 14.8 | 7.4 |"), "{table}");
+        assert!(table.contains("| base | 22.2 | 0.0 |"), "{table}");
+        assert_eq!(value_at(&[(0.0, 0.0), (10.0, 5.0)], 4.0), Some(2.0));
+        assert_eq!(value_at(&[(1.0, 0.0), (10.0, 5.0)], 0.5), None);
+        assert_eq!(value_at(&[(1.0, 0.0), (10.0, 5.0)], 11.0), None);
     }
 }

@@ -287,6 +287,7 @@ pub fn import(
             source: SourceState::new(config.train.seed),
             config: config.clone(),
             sections: Vec::new(),
+            train_seconds: 0.0,
         },
         sections: vec![("ema".into(), record_bytes(model.into_record())?)],
     };

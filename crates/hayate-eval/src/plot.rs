@@ -270,7 +270,7 @@ pub fn schedule_charts(config: &RunConfig) -> Result<Vec<(&'static str, Chart)>>
     let total = config.train.steps;
     let big_t = schedule.steps();
     let shown = curriculum_steps(sampler.as_ref(), total);
-    let timesteps = shown
+    let mut timesteps: Vec<Series> = shown
         .iter()
         .map(|&k| {
             let p = sampler.probabilities(k, total);
@@ -290,6 +290,18 @@ pub fn schedule_charts(config: &RunConfig) -> Result<Vec<(&'static str, Chart)>>
             }
         })
         .collect();
+    let mut timesteps_title = format!("p_k(t): {:?}", config.diffusion.timestep_sampler);
+    if let hayate_schedule::TimestepSamplerConfig::Adaptive { floor, .. } =
+        config.diffusion.timestep_sampler
+    {
+        // Where it goes depends on the training signal: only the start and the floor are known.
+        timesteps[0].name = "the start".into();
+        timesteps.push(Series {
+            name: "the floor, the least any t keeps".into(),
+            points: vec![(0.0, floor), ((big_t - 1) as f64, floor)],
+        });
+        timesteps_title = "p_k(t), adaptive: starts uniform, then follows the run's losses (hayate plot of the run charts it)".into();
+    }
     let weight = &config.diffusion.loss_weight;
     let prediction = config.diffusion.prediction;
     let momentum = config.train.momentum_schedule();
@@ -303,7 +315,7 @@ pub fn schedule_charts(config: &RunConfig) -> Result<Vec<(&'static str, Chart)>>
         (
             "timesteps",
             Chart {
-                title: format!("p_k(t): {:?}", config.diffusion.timestep_sampler),
+                title: timesteps_title,
                 x_label: "timestep t".into(),
                 y_label: "T x probability (uniform = 1)".into(),
                 series: timesteps,
@@ -446,7 +458,103 @@ pub fn run_charts(run_dir: &Path) -> Result<Vec<(&'static str, Chart)>> {
     if charts[0].1.points().next().is_none() {
         bail!("{}: no training log lines to plot yet", path.display());
     }
+    charts.extend(curriculum_charts(&lines, &path)?);
     Ok(charts)
+}
+
+/// An adaptive curriculum's logged band masses (`timesteps` lines): T x p(t) over t / T at the
+/// start and at four updates spread over the run, and the mass of each quarter of t against
+/// step. None when the run logged no such lines.
+fn curriculum_charts(
+    lines: &[serde_json::Value],
+    path: &Path,
+) -> Result<Vec<(&'static str, Chart)>> {
+    let updates = lines
+        .iter()
+        .filter(|l| l["event"] == "timesteps")
+        .map(|l| {
+            let step = l["step"].as_u64();
+            let mass: Option<Vec<f64>> = l["band_mass"]
+                .as_array()
+                .and_then(|a| a.iter().map(|v| v.as_f64()).collect());
+            match (step, mass) {
+                (Some(step), Some(mass)) if !mass.is_empty() => Ok((step, mass)),
+                _ => Err(anyhow!(
+                    "{}: a timesteps line without a step and a list of band masses: {l}",
+                    path.display()
+                )),
+            }
+        })
+        .collect::<Result<Vec<(u64, Vec<f64>)>>>()?;
+    let Some((_, first)) = updates.first() else {
+        return Ok(Vec::new());
+    };
+    let bands = first.len();
+    let uniform = vec![1.0 / bands as f64; bands];
+    // The start, then four updates evenly spread, the last included.
+    let mut shown = vec![(1u64, &uniform)];
+    let n = updates.len();
+    let mut picks: Vec<usize> = (1..=4).map(|i| (i * n).div_ceil(4) - 1).collect();
+    picks.dedup();
+    shown.extend(picks.into_iter().map(|i| (updates[i].0, &updates[i].1)));
+    let profile = |step: u64, mass: &[f64]| Series {
+        name: format!("from step {step}"),
+        // Equal-width bands: each is a flat stretch of T x p(t) = bands x mass.
+        points: mass
+            .iter()
+            .enumerate()
+            .flat_map(|(b, &m)| {
+                let (lo, hi) = (
+                    b as f64 / mass.len() as f64,
+                    (b + 1) as f64 / mass.len() as f64,
+                );
+                let y = m * mass.len() as f64;
+                [(lo, y), (hi, y)]
+            })
+            .collect(),
+    };
+    let quarters = (0..4)
+        .map(|q| Series {
+            name: format!(
+                "t/T in [{:.2}, {:.2})",
+                q as f64 / 4.0,
+                (q + 1) as f64 / 4.0
+            ),
+            points: std::iter::once((0.0, 0.25))
+                .chain(updates.iter().map(|(step, mass)| {
+                    let share: f64 = mass
+                        .iter()
+                        .enumerate()
+                        .filter(|(b, _)| b * 4 / mass.len() == q)
+                        .map(|(_, m)| m)
+                        .sum();
+                    (*step as f64, share)
+                }))
+                .collect(),
+        })
+        .collect();
+    Ok(vec![
+        (
+            "curriculum",
+            Chart {
+                title: format!("Adaptive curriculum: T x p(t) over {bands} bands"),
+                x_label: "t / T".into(),
+                y_label: "T x probability (uniform = 1)".into(),
+                series: shown.into_iter().map(|(k, m)| profile(k, m)).collect(),
+                log_y: false,
+            },
+        ),
+        (
+            "curriculum_quarters",
+            Chart {
+                title: "Adaptive curriculum: probability of each quarter of t".into(),
+                x_label: "training step".into(),
+                y_label: "probability".into(),
+                series: quarters,
+                log_y: false,
+            },
+        ),
+    ])
 }
 
 /// Redraws a run's charts into its `plots/` folder and returns their paths.
@@ -559,6 +667,16 @@ mod tests {
         let uniform = &schedule_charts(&baseline).unwrap()[0].1.series;
         assert_eq!(uniform.len(), 1);
         assert_eq!(uniform[0].name, "every step k");
+        let adaptive = RunConfig::parse(
+            "[model]\npreset = \"tiny\"\n[diffusion.timestep_sampler]\nkind = \"adaptive\"\n\
+             signal = \"learning_progress\"\n\
+             bands = 20\nfloor = 0.3\nupdate_every = 50\nsmoothing = 0.9\n",
+        )
+        .unwrap();
+        let charts = schedule_charts(&adaptive).unwrap();
+        let names: Vec<&str> = charts[0].1.series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["the start", "the floor, the least any t keeps"]);
+        assert_eq!(charts[0].1.series[1].points, vec![(0.0, 0.3), (999.0, 0.3)]);
     }
 
     #[test]
@@ -598,7 +716,45 @@ mod tests {
             "FID of EMA samples against flowers-64 (n = 5000)"
         );
         let paths = plot_run(dir.path()).unwrap();
-        assert_eq!(paths.len(), 5);
+        assert_eq!(paths.len(), 5, "no curriculum lines, no curriculum charts");
+        // An adaptive curriculum's lines add its two charts.
+        let mut text = std::fs::read_to_string(&metrics).unwrap();
+        for (step, mass) in [(11, "[0.1, 0.2, 0.3, 0.4]"), (21, "[0.4, 0.3, 0.2, 0.1]")] {
+            text += &format!("{{\"event\":\"timesteps\",\"step\":{step},\"band_mass\":{mass}}}\n");
+        }
+        std::fs::write(&metrics, &text).unwrap();
+        let charts = run_charts(dir.path()).unwrap();
+        let profile = &charts.iter().find(|(n, _)| *n == "curriculum").unwrap().1;
+        let names: Vec<&str> = profile.series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["from step 1", "from step 11", "from step 21"]);
+        // Four bands: T x p = 4 x mass, flat over each quarter.
+        assert_eq!(profile.series[2].points[..2], [(0.0, 1.6), (0.25, 1.6)]);
+        let quarters = &charts
+            .iter()
+            .find(|(n, _)| *n == "curriculum_quarters")
+            .unwrap()
+            .1;
+        assert_eq!(
+            quarters.series[3].points,
+            vec![(0.0, 0.25), (11.0, 0.4), (21.0, 0.1)]
+        );
+        std::fs::write(&metrics, text + "{\"event\":\"timesteps\",\"step\":31}\n").unwrap();
+        let err = format!("{:#}", run_charts(dir.path()).unwrap_err());
+        assert!(err.contains("band masses"), "{err}");
+        let paths = plot_run(dir.path());
+        assert!(paths.is_err());
+        std::fs::write(
+            &metrics,
+            concat!(
+                r#"{"event":"log","step":10,"loss":0.5,"lr":1e-4,"beta1":0.9,"mean_t_over_T":0.5}"#,
+                "\n",
+                r#"{"event":"timesteps","step":11,"band_mass":[0.5,0.5]}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let paths = plot_run(dir.path()).unwrap();
+        assert_eq!(paths.len(), 6);
         for path in paths {
             assert_eq!(image::open(&path).unwrap().width(), WIDTH);
         }

@@ -9,6 +9,7 @@ use burn::data::dataset::DatasetError;
 use burn::prelude::*;
 use hayate_data::{DataError, ImageSource, image_to_unit_range};
 use hayate_model::DropoutKey;
+use hayate_schedule::timesteps::{Adaptive, AdaptiveState, draw};
 use hayate_schedule::{HostRng, NoiseAssignment, NoiseSchedule, Prediction, TimestepSampler};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,10 @@ pub struct SourceState {
     pub order: Vec<u32>,
     /// Position in `order`.
     pub cursor: usize,
+    /// What an adaptive timestep curriculum has measured (absent for the other samplers, and
+    /// in checkpoints written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveState>,
 }
 
 impl SourceState {
@@ -65,6 +70,7 @@ impl SourceState {
             streams: Streams::new(seed),
             order: Vec::new(),
             cursor: 0,
+            adaptive: None,
         }
     }
 }
@@ -79,6 +85,13 @@ pub struct BatchSource {
     pub prediction: Prediction,
     /// How t is drawn.
     pub sampler: Box<dyn TimestepSampler>,
+    /// An adaptive curriculum, which then draws t instead of `sampler` from `state.adaptive`.
+    pub adaptive: Option<Adaptive>,
+    /// Weight each loss by 1 / (T p(t)).
+    pub importance_weights: bool,
+    /// The adaptive curriculum's updates since the trainer last took them: the first step
+    /// (counting from 1) drawn with each, and its band masses.
+    pub updates: Vec<(u64, Vec<f64>)>,
     /// The loss weight of each timestep (the config's `loss_weight` for the run's prediction).
     pub loss_weights: Vec<f32>,
     /// Images per batch.
@@ -135,6 +148,15 @@ impl BatchSource {
             .map(|w| w as f32)
             .collect();
         let sampler = config.diffusion.timestep_sampler.build(&schedule)?;
+        let adaptive = config.diffusion.timestep_sampler.adaptive(&schedule);
+        let mut state = state;
+        // A fresh run starts the curriculum's statistics; a resume keeps them, unless a changed
+        // config (accepted on resume) made them another shape or dropped the curriculum.
+        state.adaptive = match (adaptive, state.adaptive.take()) {
+            (Some(a), Some(kept)) if kept.band_mass.len() == a.bands => Some(kept),
+            (Some(a), _) => Some(a.initial_state()),
+            (None, _) => None,
+        };
         let num_classes = config.model.resolve()?.num_classes;
         let classes = dataset.classes().len();
         if num_classes > 0 && classes != num_classes {
@@ -156,6 +178,9 @@ impl BatchSource {
             schedule,
             prediction: config.diffusion.prediction,
             sampler,
+            adaptive,
+            importance_weights: config.diffusion.timestep_sampler.importance_weights(),
+            updates: Vec::new(),
             loss_weights,
             batch_size: config.train.batch_size,
             total_steps: config.train.steps,
@@ -194,12 +219,41 @@ impl BatchSource {
             labels.push(label);
             image_to_unit_range(&pixels, size, flip, dst);
         }
-        let t = self
-            .sampler
-            .sample(state.step, self.total_steps, n, &mut state.streams.timestep);
         let steps = self.schedule.steps() as f64;
+        let (t, weight) = match (&self.adaptive, &mut state.adaptive) {
+            (Some(a), Some(curriculum)) => {
+                if a.advance(curriculum, state.step) {
+                    self.updates
+                        .push((state.step + 1, curriculum.band_mass.clone()));
+                }
+                let p = a.probabilities(curriculum);
+                let t = draw(&p, n, &mut state.streams.timestep);
+                a.record_draws(curriculum, state.step, &t);
+                let weight = t
+                    .iter()
+                    .map(|&t| {
+                        let w = self.loss_weights[t];
+                        if self.importance_weights {
+                            (w as f64 / (steps * p[t])) as f32
+                        } else {
+                            w
+                        }
+                    })
+                    .collect();
+                (t, weight)
+            }
+            _ => {
+                let t = self.sampler.sample(
+                    state.step,
+                    self.total_steps,
+                    n,
+                    &mut state.streams.timestep,
+                );
+                let weight = t.iter().map(|&t| self.loss_weights[t]).collect();
+                (t, weight)
+            }
+        };
         let t_sum = t.iter().map(|&t| t as f64 / steps).sum::<f64>();
-        let weight = t.iter().map(|&t| self.loss_weights[t]).collect();
         let eps = self
             .noise_assignment
             .draw(&x0, per, &mut state.streams.noise);
@@ -226,6 +280,21 @@ impl BatchSource {
             mean_t_over_t: t_sum / n as f64,
             dropout_seed,
         })
+    }
+}
+
+impl BatchSource {
+    /// Whether the trainer should hand each step's per-sample losses to
+    /// [`observe`](Self::observe).
+    pub fn wants_losses(&self) -> bool {
+        self.adaptive.is_some()
+    }
+
+    /// The per-sample losses of step `index` (0 for the run's first), in the batch's order.
+    pub fn observe(&mut self, index: u64, losses: Vec<f32>) {
+        if let (Some(a), Some(state)) = (&self.adaptive, &mut self.state.adaptive) {
+            a.observe(state, index, losses);
+        }
     }
 }
 
@@ -398,6 +467,58 @@ mod tests {
             .unwrap()
             .next_batch()
             .unwrap()
+    }
+
+    #[test]
+    fn an_adaptive_curriculum_draws_from_its_state_and_weights_by_importance() {
+        let config = RunConfig::parse(
+            "[model]\npreset = \"tiny\"\nresolution = 8\nattention_resolutions = []\n\
+             [train]\nbatch_size = 8\n[diffusion.timestep_sampler]\nkind = \"adaptive\"\n\
+             signal = \"loss_second_moment\"\nbands = 2\nfloor = 0.5\nupdate_every = 1\n\
+             smoothing = 0.0\nimportance_weights = true\n",
+        )
+        .unwrap();
+        let mut source = BatchSource::new(Arc::new(Greys), &config, SourceState::new(3)).unwrap();
+        assert!(source.wants_losses());
+        // Band 0 (t < 500) always loses 4, band 1 loses 1.
+        let loss = |t: &[usize]| t.iter().map(|&t| if t < 500 { 4.0 } else { 1.0 }).collect();
+        for step in 0..6 {
+            let batch = source.next_batch().unwrap();
+            source.observe(step, loss(&batch.t));
+        }
+        // sqrt E[L^2] = 4 and 1: q = (0.8, 0.2), mass = 0.5 x 0.5 + 0.5 q = (0.65, 0.35).
+        let mass = source.state.adaptive.as_ref().unwrap().band_mass.clone();
+        assert!(
+            (mass[0] - 0.65).abs() < 1e-12 && (mass[1] - 0.35).abs() < 1e-12,
+            "{mass:?}"
+        );
+        let batch = source.next_batch().unwrap();
+        // Each loss weighs 1 / (T p(t)) = 500 / (1000 mass).
+        for (&t, &w) in batch.t.iter().zip(&batch.weight) {
+            let expected = 0.5 / mass[usize::from(t >= 500)];
+            assert!(
+                (w as f64 - expected).abs() < 1e-6,
+                "t {t}: {w} vs {expected}"
+            );
+        }
+        // One update per step from step 1 on, each logged with the first step that uses it.
+        let steps: Vec<u64> = source.updates.iter().map(|(s, _)| *s).collect();
+        assert_eq!(steps, [2, 3, 4, 5, 6, 7]);
+        // A checkpoint's state round-trips exactly, the curriculum's included.
+        let json = serde_json::to_string(&source.state).unwrap();
+        assert_eq!(
+            serde_json::from_str::<SourceState>(&json).unwrap(),
+            source.state
+        );
+        // Without the curriculum the state carries none, and none is written.
+        let plain = RunConfig::parse("[model]\npreset = \"tiny\"\n").unwrap();
+        let other = BatchSource::new(Arc::new(Greys), &plain, source.state.clone()).unwrap();
+        assert!(other.state.adaptive.is_none() && !other.wants_losses());
+        assert!(
+            !serde_json::to_string(&other.state)
+                .unwrap()
+                .contains("adaptive")
+        );
     }
 
     #[test]

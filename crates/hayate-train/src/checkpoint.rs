@@ -23,6 +23,11 @@ pub struct CheckpointMeta {
     pub source: SourceState,
     /// Names and byte lengths of the binary sections, in file order.
     pub sections: Vec<(String, u64)>,
+    /// Seconds spent in training steps from the start of the run to this checkpoint, over
+    /// every resume (checkpoints, sample grids and scoring excluded); 0 in checkpoints written
+    /// before it was kept.
+    #[serde(default)]
+    pub train_seconds: f64,
 }
 
 /// A checkpoint in memory: metadata plus named binary records (Burn's burnpack bytes).
@@ -285,8 +290,10 @@ mod tests {
                     streams: Streams::new(3),
                     order: vec![2, 0, 1],
                     cursor: 1,
+                    adaptive: None,
                 },
                 sections: vec![],
+                train_seconds: 1.5,
             },
             sections: vec![("model".into(), vec![1, 2, 3]), ("ema".into(), vec![])],
         }

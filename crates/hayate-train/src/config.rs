@@ -649,8 +649,26 @@ impl RunConfig {
         if let Some(m) = &t.momentum {
             longer("train.momentum.k_end", m.k_end);
         }
-        if let TimestepSamplerConfig::Clts { ramp_steps, .. } = self.diffusion.timestep_sampler {
-            longer("diffusion.timestep_sampler.ramp_steps", ramp_steps);
+        match self.diffusion.timestep_sampler {
+            TimestepSamplerConfig::Clts { ramp_steps, .. } => {
+                longer("diffusion.timestep_sampler.ramp_steps", ramp_steps);
+            }
+            TimestepSamplerConfig::Adaptive {
+                bands,
+                update_every,
+                ..
+            } => {
+                longer("diffusion.timestep_sampler.update_every", update_every);
+                let per_band = (t.batch_size as u64 * update_every) as f64 / bands.max(1) as f64;
+                if per_band < 16.0 {
+                    out.push(format!(
+                        "diffusion.timestep_sampler: a band sees about {per_band:.1} draws per \
+                         update (train.batch_size x update_every / bands), too few for a steady \
+                         signal: raise update_every or lower bands"
+                    ));
+                }
+            }
+            _ => {}
         }
         out
     }

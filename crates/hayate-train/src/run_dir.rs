@@ -61,8 +61,10 @@ pub enum Event {
         loss: f64,
         /// The EMA decay of the last step.
         ema_decay: f64,
-        /// Training images per second over the run so far.
+        /// Training images per second in this process so far.
         images_per_second: f64,
+        /// Seconds in training steps since the run began, over every resume.
+        train_seconds: f64,
         /// The checkpoint file.
         checkpoint: Option<String>,
     },
@@ -87,6 +89,14 @@ pub enum Event {
         sampler: String,
         /// Its steps (the name is DDIM's, kept for the logs of earlier runs).
         ddim_steps: usize,
+    },
+    /// An adaptive timestep curriculum's update: the band masses drawn from this step on.
+    Timesteps {
+        /// The first step (counting from 1) drawn with these masses, so a resume from the
+        /// checkpoint just before it forgets the line and writes it again.
+        step: u64,
+        /// Probability of each band of t (equal widths over 0..T), summing to 1.
+        band_mass: Vec<f64>,
     },
     /// A resume that accepted a changed config.
     ConfigChange {

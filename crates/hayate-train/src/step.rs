@@ -39,6 +39,9 @@ pub struct DenoisingBatch {
 pub struct DenoisingOutput {
     /// Mean squared error over the batch, `[1]`.
     pub loss: Tensor<1>,
+    /// Each sample's squared error averaged over its pixels, unweighted and detached, `[N]`
+    /// (the adaptive curriculum's signal).
+    pub per_sample: Tensor<1>,
     /// Images in the batch.
     pub images: usize,
     /// Mean t / T of the batch.
@@ -66,6 +69,12 @@ impl DenoisingModel {
     /// Each sample's squared error, averaged over its pixels, times its weight; averaged over
     /// the batch.
     pub fn loss(&self, batch: &DenoisingBatch) -> Tensor<1> {
+        self.losses(batch).0
+    }
+
+    /// The batch's loss (as [`loss`](Self::loss)) and each sample's unweighted squared error,
+    /// detached from the graph.
+    pub fn losses(&self, batch: &DenoisingBatch) -> (Tensor<1>, Tensor<1>) {
         let out = self.unet.forward_training(
             batch.x_t.clone(),
             batch.t.clone(),
@@ -78,7 +87,8 @@ impl DenoisingModel {
             .reshape([n, c * h * w])
             .mean_dim(1)
             .reshape([n]);
-        (per_sample * batch.weight.clone()).mean()
+        let loss = (per_sample.clone() * batch.weight.clone()).mean();
+        (loss, per_sample.detach())
     }
 }
 
@@ -137,14 +147,14 @@ impl DenoisingModel {
                 (replica, batch.shard(start, end - start, share, device))
             })
             .collect();
-        let results: Vec<(Tensor<1>, GradientsParams)> = std::thread::scope(|scope| {
+        let results: Vec<(Tensor<1>, Tensor<1>, GradientsParams)> = std::thread::scope(|scope| {
             let handles: Vec<_> = shards
                 .into_iter()
                 .map(|(replica, shard)| {
                     scope.spawn(move || {
-                        let loss = replica.loss(&shard);
+                        let (loss, per_sample) = replica.losses(&shard);
                         let grads = GradientsParams::from_grads(loss.backward(), &replica);
-                        (loss, grads)
+                        (loss, per_sample, grads)
                     })
                 })
                 .collect();
@@ -155,8 +165,10 @@ impl DenoisingModel {
         });
         let mut accumulator = GradientsAccumulator::new();
         let mut total: Option<Tensor<1>> = None;
-        for (loss, grads) in results {
+        let mut per_sample = Vec::with_capacity(k);
+        for (loss, shard_losses, grads) in results {
             accumulator.accumulate(self, grads.to_device(&main, self));
+            per_sample.push(shard_losses.to_device(&main));
             let loss = loss.to_device(&main);
             total = Some(match total {
                 Some(t) => t + loss,
@@ -169,6 +181,8 @@ impl DenoisingModel {
             grads,
             item: DenoisingOutput {
                 loss: total.expect("at least one device"),
+                // In shard order, which is the batch's order.
+                per_sample: Tensor::cat(per_sample, 0),
                 images: n,
                 mean_t_over_t: batch.mean_t_over_t,
                 beta1: f64::NAN,
@@ -182,13 +196,14 @@ impl TrainStep for DenoisingModel {
     type Output = DenoisingOutput;
 
     fn step(&self, batch: DenoisingBatch) -> TrainOutput<DenoisingOutput> {
-        let loss = self.loss(&batch);
+        let (loss, per_sample) = self.losses(&batch);
         let images = batch.t.dims()[0];
         let grads = self.gradients(&loss);
         TrainOutput {
             grads,
             item: DenoisingOutput {
                 loss,
+                per_sample,
                 images,
                 mean_t_over_t: batch.mean_t_over_t,
                 beta1: f64::NAN,
@@ -202,8 +217,10 @@ impl InferenceStep for DenoisingModel {
     type Output = DenoisingOutput;
 
     fn step(&self, batch: DenoisingBatch) -> DenoisingOutput {
+        let (loss, per_sample) = self.losses(&batch);
         DenoisingOutput {
-            loss: self.loss(&batch),
+            loss,
+            per_sample,
             images: batch.t.dims()[0],
             mean_t_over_t: batch.mean_t_over_t,
             beta1: f64::NAN,
@@ -222,6 +239,7 @@ impl ItemLazy for DenoisingOutput {
         self.loss.device().flush()?;
         Ok(Self {
             loss: self.loss.without_autodiff(),
+            per_sample: self.per_sample.without_autodiff(),
             ..self
         })
     }

@@ -276,6 +276,9 @@ pub fn train(
     };
     let optimizer = config.train.optimizer();
     let start_step = resume_from.as_ref().map_or(0, |(_, c)| c.step());
+    let seconds_before = resume_from
+        .as_ref()
+        .map_or(0.0, |(_, c)| c.meta.train_seconds);
     let scheduler = config.train.lr_schedule(start_step);
     let mut learner = Learner::new(model, optimizer, scheduler);
 
@@ -338,6 +341,7 @@ pub fn train(
                 images_per_second: 0.0,
                 checkpoint: resume_from.map(|(path, _)| path),
             },
+            train_seconds: seconds_before,
             error: None,
         })),
         result: Mutex::new(None),
@@ -392,6 +396,8 @@ struct RunState {
     model_slot: Slot,
     optim_slot: Slot,
     report: TrainReport,
+    /// Seconds in training steps since the run began, over every resume.
+    train_seconds: f64,
     error: Option<anyhow::Error>,
     /// The autodiff devices of a data-parallel run (empty or one: a single device).
     devices: Vec<Device>,
@@ -437,7 +443,8 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
         let mut images = 0usize;
         let first_step = run.report.step;
         let mut window = LogWindow::default();
-        let mut unread: Option<(u64, Tensor<1>)> = None;
+        let mut unread: Option<Unread> = None;
+        let wants_losses = run.source.lock().expect("batch source lock").wants_losses();
 
         while run.report.step < total && !interrupter.should_stop() {
             let epoch = (run.report.step / every) as usize + 1;
@@ -468,7 +475,10 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                     learner.train_step(batch)
                 };
                 learner.optimizer_step(output.grads);
-                let step = run.source.lock().expect("batch source lock").state.step;
+                let (step, updates) = {
+                    let mut source = run.source.lock().expect("batch source lock");
+                    (source.state.step, std::mem::take(&mut source.updates))
+                };
                 run.ema.update(&learner.model().unet, step - 1);
                 images_in_interval += output.item.images;
                 steps_in_interval += 1;
@@ -478,16 +488,28 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                 // The loss is read one step late, so the host never waits for the step it has
                 // just launched, except where a log line needs the newest value.
                 let log_now = step.is_multiple_of(log_every) || step == total;
-                let loss = output.item.loss.clone().without_autodiff();
+                let this = Unread {
+                    step,
+                    loss: output.item.loss.clone().without_autodiff(),
+                    per_sample: wants_losses
+                        .then(|| output.item.per_sample.clone().without_autodiff()),
+                };
                 let mut read = vec![];
-                read.extend(unread.replace((step, loss)));
+                read.extend(unread.replace(this));
                 if log_now {
                     read.extend(unread.take());
                 }
                 let last_good = run.report.checkpoint.as_deref();
-                let checked = read.into_iter().try_for_each(|(s, loss)| {
-                    record_loss(s, loss, last_good, &mut interval_loss, &mut window)
-                });
+                let checked = updates
+                    .into_iter()
+                    .try_for_each(|(step, band_mass)| {
+                        run_dir::append(&run.out, &Event::Timesteps { step, band_mass })
+                    })
+                    .and_then(|()| {
+                        read.into_iter().try_for_each(|u| {
+                            u.record(&run.source, last_good, &mut interval_loss, &mut window)
+                        })
+                    });
                 let logged = checked.and_then(|()| {
                     if log_now {
                         let line = window.take_line(step, learner.lr_current().base());
@@ -513,11 +535,11 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
                     break;
                 }
             }
-            if let Some((s, loss)) = unread.take()
+            if let Some(u) = unread.take()
                 && run.error.is_none()
             {
                 let last_good = run.report.checkpoint.as_deref();
-                if let Err(e) = record_loss(s, loss, last_good, &mut interval_loss, &mut window) {
+                if let Err(e) = u.record(&run.source, last_good, &mut interval_loss, &mut window) {
                     run.error = Some(e);
                 }
             }
@@ -528,6 +550,7 @@ impl SupervisedLearningStrategy<DenoisingModel> for DiffusionStrategy {
             // Reading the loss waits for the device, so the time includes all the interval's work.
             let elapsed = started.elapsed();
             train_time += elapsed;
+            run.train_seconds += elapsed.as_secs_f64();
             images += images_in_interval;
             interrupter.fail_on_error(processor.process_train(LearnerEvent::EndSplit(epoch)));
             interrupter.fail_on_error(processor.process_train(LearnerEvent::EndEpoch(epoch)));
@@ -585,6 +608,7 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
             config: run.config.clone(),
             source,
             sections: Vec::new(),
+            train_seconds: run.train_seconds,
         },
         sections: vec![
             ("model".into(), model),
@@ -602,6 +626,7 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
         loss: mean_loss,
         ema_decay: run.ema.decay_at(step.saturating_sub(1)),
         images_per_second: run.report.images_per_second,
+        train_seconds: run.train_seconds,
         checkpoint: path.file_name().map(|n| n.to_string_lossy().to_string()),
     };
     run_dir::append(&run.out, &line)?;
@@ -666,18 +691,40 @@ impl LogWindow {
     }
 }
 
-/// Reads a step's loss (see [`finite_loss`]) into the interval's sum and the log window.
-fn record_loss(
+/// A step's outputs still on the device: read one step late.
+struct Unread {
+    /// The step (1 for the run's first).
     step: u64,
     loss: Tensor<1>,
-    last_good: Option<&Path>,
-    interval: &mut f64,
-    window: &mut LogWindow,
-) -> Result<()> {
-    let value = finite_loss(step, loss, last_good)?;
-    *interval += value;
-    window.add_loss(value);
-    Ok(())
+    /// Each sample's loss, when the batch source asks for them.
+    per_sample: Option<Tensor<1>>,
+}
+
+impl Unread {
+    /// Reads the loss (see [`finite_loss`]) into the interval's sum and the log window, and
+    /// hands the per-sample losses to the batch source.
+    fn record(
+        self,
+        source: &Mutex<BatchSource>,
+        last_good: Option<&Path>,
+        interval: &mut f64,
+        window: &mut LogWindow,
+    ) -> Result<()> {
+        let value = finite_loss(self.step, self.loss, last_good)?;
+        *interval += value;
+        window.add_loss(value);
+        if let Some(per_sample) = self.per_sample {
+            let losses = per_sample
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("reading the per-sample losses: {e:?}"))?;
+            source
+                .lock()
+                .expect("batch source lock")
+                .observe(self.step - 1, losses);
+        }
+        Ok(())
+    }
 }
 
 /// Reads a step's loss from the device, or stops the run if it is not finite: the parameters

@@ -3,10 +3,12 @@
 //! Each sampler knows its p_k(t) over t = 0..T-1 at training step k, and draws from it with an
 //! explicit generator. Build one from a [`TimestepSamplerConfig`].
 
+mod adaptive;
 mod clts;
 mod lognormal;
 mod speed;
 
+pub use adaptive::{Adaptive, AdaptiveSignal, AdaptiveState, BandStats, PendingStep};
 pub use clts::{Clts, CurriculumAxis};
 pub use lognormal::{laplace, log_normal, logit_normal};
 pub use speed::speed;
@@ -35,22 +37,27 @@ pub trait TimestepSampler: Send + Sync {
         n: usize,
         rng: &mut dyn rand::RngCore,
     ) -> Vec<usize> {
-        let p = self.probabilities(step, total_steps);
-        let cdf: Vec<f64> = p
-            .iter()
-            .scan(0.0, |acc, x| {
-                *acc += x;
-                Some(*acc)
-            })
-            .collect();
-        let total = cdf[cdf.len() - 1];
-        (0..n)
-            .map(|_| {
-                let u = rng.random::<f64>() * total;
-                cdf.partition_point(|&c| c <= u).min(p.len() - 1)
-            })
-            .collect()
+        draw(&self.probabilities(step, total_steps), n, rng)
     }
+}
+
+/// Draws `n` timesteps from the distribution `p` over 0..p.len() by inverting its cumulative
+/// distribution: one uniform draw each.
+pub fn draw(p: &[f64], n: usize, rng: &mut dyn rand::RngCore) -> Vec<usize> {
+    let cdf: Vec<f64> = p
+        .iter()
+        .scan(0.0, |acc, x| {
+            *acc += x;
+            Some(*acc)
+        })
+        .collect();
+    let total = cdf[cdf.len() - 1];
+    (0..n)
+        .map(|_| {
+            let u = rng.random::<f64>() * total;
+            cdf.partition_point(|&c| c <= u).min(p.len() - 1)
+        })
+        .collect()
 }
 
 /// Scales non-negative weights to sum to 1.
@@ -146,10 +153,63 @@ pub enum TimestepSamplerConfig {
         /// How much more often t below tau is drawn (SpeeD: 5).
         k: f64,
     },
+    /// An adaptive curriculum (see [`Adaptive`]): p(t) starts uniform and is updated every
+    /// `update_every` steps from a signal measured per band of t.
+    Adaptive {
+        /// The signal: `loss_second_moment` or `learning_progress`.
+        signal: AdaptiveSignal,
+        /// Bands of equal width over 0..T.
+        bands: usize,
+        /// The uniform part of p(t), in (0, 1].
+        floor: f64,
+        /// Steps between updates.
+        update_every: u64,
+        /// Decay of the slow running means per update, in [0, 1).
+        smoothing: f64,
+        /// Weight each sample's loss by 1 / (T p(t)), so the objective stays the uniform one
+        /// and only its variance changes (iDDPM's importance sampling).
+        #[serde(default)]
+        importance_weights: bool,
+    },
 }
 
 impl TimestepSamplerConfig {
-    /// Builds the sampler for `schedule`, checking every parameter.
+    /// The adaptive curriculum of this config for `schedule`, if it is one (unvalidated: see
+    /// [`build`](Self::build)).
+    pub fn adaptive(&self, schedule: &NoiseSchedule) -> Option<Adaptive> {
+        match *self {
+            Self::Adaptive {
+                signal,
+                bands,
+                floor,
+                update_every,
+                smoothing,
+                ..
+            } => Some(Adaptive {
+                steps: schedule.steps(),
+                signal,
+                bands,
+                floor,
+                update_every,
+                smoothing,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether each loss is weighted by 1 / (T p(t)) (adaptive curricula that ask for it).
+    pub fn importance_weights(&self) -> bool {
+        matches!(
+            self,
+            Self::Adaptive {
+                importance_weights: true,
+                ..
+            }
+        )
+    }
+
+    /// Builds the sampler for `schedule`, checking every parameter. An adaptive curriculum's
+    /// sampler is its starting distribution, the uniform one; the trainer draws from its state.
     pub fn build(
         &self,
         schedule: &NoiseSchedule,
@@ -210,6 +270,34 @@ impl TimestepSamplerConfig {
                     return err(format!("speed k must be positive, got {k}"));
                 }
                 Box::new(speed(steps, tau, k))
+            }
+            Self::Adaptive {
+                bands,
+                floor,
+                update_every,
+                smoothing,
+                ..
+            } => {
+                if bands == 0 || bands > steps {
+                    return err(format!(
+                        "adaptive bands must be in 1..={steps}, got {bands}"
+                    ));
+                }
+                if !(floor > 0.0 && floor <= 1.0) {
+                    return err(format!(
+                        "adaptive floor must be in (0, 1] (a band with no mass would never be \
+                         measured again), got {floor}"
+                    ));
+                }
+                if update_every == 0 {
+                    return err("adaptive update_every must be at least 1".into());
+                }
+                if !(0.0..1.0).contains(&smoothing) {
+                    return err(format!(
+                        "adaptive smoothing must be in [0, 1), got {smoothing}"
+                    ));
+                }
+                Box::new(Uniform { steps })
             }
         })
     }
@@ -298,6 +386,12 @@ pub(crate) mod tests {
             },
             TimestepSamplerConfig::Speed { tau: 1000, k: 5.0 },
             TimestepSamplerConfig::Speed { tau: 700, k: 0.0 },
+            adaptive(0, 0.1, 50, 0.9),
+            adaptive(1001, 0.1, 50, 0.9),
+            adaptive(10, 0.0, 50, 0.9),
+            adaptive(10, 1.5, 50, 0.9),
+            adaptive(10, 0.1, 0, 0.9),
+            adaptive(10, 0.1, 50, 1.0),
         ];
         for config in bad {
             let msg = config.build(&s).err().expect("rejected").to_string();
@@ -306,5 +400,25 @@ pub(crate) mod tests {
         assert!(TimestepSamplerConfig::Uniform.build(&s).is_ok());
         let laplace = TimestepSamplerConfig::Laplace { mu: 0.0, b: 0.5 };
         assert!(laplace.build(&s).is_ok());
+        let good = adaptive(20, 0.25, 50, 0.9);
+        assert!(good.build(&s).is_ok());
+        assert_eq!(good.adaptive(&s).map(|a| a.bands), Some(20));
+        assert_eq!(laplace.adaptive(&s), None);
+    }
+
+    fn adaptive(
+        bands: usize,
+        floor: f64,
+        update_every: u64,
+        smoothing: f64,
+    ) -> TimestepSamplerConfig {
+        TimestepSamplerConfig::Adaptive {
+            signal: AdaptiveSignal::LearningProgress,
+            bands,
+            floor,
+            update_every,
+            smoothing,
+            importance_weights: false,
+        }
     }
 }

@@ -233,10 +233,18 @@ pub struct ConvergenceArgs {
     /// Where results, the table and the plot go (default runs/<config name>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Where the trained runs are kept (default OUT/runs); give two benchmarks the same folder
-    /// to share the runs they have in common (same method name, seed and settings).
+    /// Where the trained runs are kept (default $HAYATE_CACHE/bench-runs/<config name>, outside
+    /// the clone); give two benchmarks the same folder to share the runs they have in common
+    /// (same method name, seed and settings).
     #[arg(long)]
     pub runs: Option<PathBuf>,
+    /// Train and score only this method (repeatable; default all): the others' finished runs
+    /// still enter the report, so a long benchmark runs a part at a time.
+    #[arg(long = "method")]
+    pub methods: Vec<String>,
+    /// Train and score only this seed (repeatable; default all).
+    #[arg(long = "seed")]
+    pub seeds: Vec<u64>,
     /// Skip the Inception FID check of the proxy metric.
     #[arg(long)]
     pub no_inception: bool,
@@ -259,7 +267,11 @@ impl ConvergenceArgs {
             &hayate_bench::convergence::BenchOptions {
                 data_dir: self.data.data_dir,
                 out: out.clone(),
-                runs: self.runs,
+                runs: self
+                    .runs
+                    .unwrap_or_else(|| hayate_bench::convergence::default_runs_dir(&self.config)),
+                only_methods: self.methods,
+                only_seeds: self.seeds,
                 inception: !self.no_inception,
                 inception_weights: self.inception_weights,
             },
@@ -267,6 +279,10 @@ impl ConvergenceArgs {
         )?;
         println!("{}", report.table());
         println!("results, table and plot in {}", out.display());
+        eprintln!(
+            "benchmark took {:.0} s (runs finished earlier excluded)",
+            report.wall_seconds
+        );
         Ok(())
     }
 }

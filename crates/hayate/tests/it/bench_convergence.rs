@@ -161,7 +161,10 @@ momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensa
 
     // An interrupted run (its result missing, a checkpoint left) is continued, not restarted,
     // and scores the same.
-    let run_dir = out.join("runs/clts-mdlrc-seed3");
+    // Runs are kept in the cache by default, under the benchmark's name, not in --out.
+    let runs = dir.path().join("cache/bench-runs/bench");
+    assert!(!out.join("runs").exists());
+    let run_dir = runs.join("clts-mdlrc-seed3");
     for entry in std::fs::read_dir(&run_dir).unwrap() {
         let path = entry.unwrap().path();
         if path.to_string_lossy().contains("scores-") {
@@ -169,6 +172,20 @@ momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensa
         }
     }
     std::fs::remove_file(run_dir.join("ckpt-000000004.hayate")).unwrap();
+    // Run a part at a time: only the baseline is selected, so the unfinished run waits.
+    let part = run_with(
+        &config,
+        &[
+            Path::new("--out"),
+            &out,
+            Path::new("--method"),
+            Path::new("baseline"),
+        ],
+    );
+    assert!(
+        part.contains("CLTS+MDLRC seed 3: not finished, not selected"),
+        "{part}"
+    );
     let third = run();
     assert!(third.contains("resuming at 2"), "{third}");
     let resumed: ConvergenceReport =
@@ -192,7 +209,7 @@ momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensa
             Path::new("--out"),
             &dir.path().join("out2"),
             Path::new("--runs"),
-            &out.join("runs"),
+            &runs,
         ],
     );
     assert!(!shared.contains("training 4 steps"), "{shared}");
@@ -218,12 +235,7 @@ momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensa
     let out3 = dir.path().join("out3");
     let reused = run_with(
         &renamed,
-        &[
-            Path::new("--out"),
-            &out3,
-            Path::new("--runs"),
-            &out.join("runs"),
-        ],
+        &[Path::new("--out"), &out3, Path::new("--runs"), &runs],
     );
     assert_eq!(reused.matches("done earlier").count(), 2, "{reused}");
     let named: ConvergenceReport =

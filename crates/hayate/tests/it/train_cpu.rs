@@ -131,6 +131,18 @@ fn trains_checkpoints_and_resumes_exactly() {
         );
     }
     assert!(!a.section("optimizer").unwrap().is_empty());
+    // The training time carries over the resume: the resumed run's checkpoint at 24 counts the
+    // first run's 16 steps too, and each checkpoint line logs the running total.
+    let seconds: Vec<f64> = metrics(&resumed, "checkpoint")
+        .iter()
+        .map(|l| l["train_seconds"].as_f64().unwrap())
+        .collect();
+    assert_eq!(seconds.len(), 3);
+    assert!(
+        seconds[0] > 0.0 && seconds[0] < seconds[1] && seconds[1] < seconds[2],
+        "{seconds:?}"
+    );
+    assert_eq!(b.meta.train_seconds, seconds[2]);
 
     // A run folder with checkpoints is not overwritten by accident.
     let err = train(
@@ -302,8 +314,9 @@ fn config_changes_need_consent_and_a_diverging_run_stops_at_its_first_bad_step()
 }
 
 /// Resume is bit-exact for every timestep sampler (uniform and CLTS are covered above), the
-/// other loss weights, the noise assignments and the power EMA: a run stopped at step 4 and resumed to 8 ends with the same weights, EMA
-/// and random streams as one trained straight through.
+/// adaptive curriculum included, the other loss weights, the noise assignments and the power
+/// EMA: a run stopped at step 4 and resumed to 8 ends with the same weights, EMA, random streams
+/// and curriculum state as one trained straight through.
 #[test]
 fn every_timestep_sampler_resumes_exactly() {
     let Some((data, _serial, dir)) = setup() else {
@@ -322,6 +335,7 @@ loss_weight = { kind = "min_snr", gamma = 5.0 }"#,
 loss_weight = { kind = "speed_change_aware", lambda = 0.6, tau = 700 }"#,
         r#"timestep_sampler = { kind = "laplace", mu = 0.0, b = 0.5 }
 noise_assignment = { kind = "knn", k = 3 }"#,
+        r#"timestep_sampler = { kind = "adaptive", signal = "loss_second_moment", bands = 2, floor = 0.2, update_every = 2, smoothing = 0.5, importance_weights = true }"#,
     ];
     for (i, diffusion) in samplers.iter().enumerate() {
         let config = |steps| {
@@ -347,6 +361,33 @@ noise_assignment = { kind = "knn", k = 3 }"#,
             );
         }
         assert_eq!(metrics(&straight, "log"), metrics(&resumed, "log"));
+        let updates = metrics(&straight, "timesteps");
+        assert_eq!(updates, metrics(&resumed, "timesteps"), "{diffusion}");
+        if diffusion.contains("adaptive") {
+            // Updates drawn from steps 3, 5 and 7 on (every 2 steps, the first once step 1's
+            // losses are in), from the losses read back; the last has left the uniform start.
+            let steps: Vec<u64> = updates
+                .iter()
+                .map(|l| l["step"].as_u64().unwrap())
+                .collect();
+            assert_eq!(steps, [3, 5, 7]);
+            let mass: Vec<f64> = serde_json::from_value(updates[2]["band_mass"].clone()).unwrap();
+            assert!((mass.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{mass:?}");
+            assert!((mass[0] - 0.5).abs() > 1e-6, "{mass:?}");
+            assert!(
+                mass.iter().all(|&m| m >= 0.1 - 1e-12),
+                "the floor holds: {mass:?}"
+            );
+            let state = a
+                .meta
+                .source
+                .adaptive
+                .as_ref()
+                .expect("the curriculum's state is saved");
+            assert_eq!(state.updates, 3);
+        } else {
+            assert!(updates.is_empty() && a.meta.source.adaptive.is_none());
+        }
     }
 }
 
