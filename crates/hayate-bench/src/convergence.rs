@@ -48,6 +48,12 @@ pub struct BenchConfig {
     pub feature_net: PathBuf,
     /// Training images the samples are compared with (the first ones of the training set).
     pub ref_n: usize,
+    /// A folder of finished runs' scores kept with the benchmark (committed beside it; relative
+    /// paths are from the config file's folder): a run whose scores are there is not trained
+    /// again, and each newly scored run is written there too, so a benchmark that takes days
+    /// carries over to a fresh machine whose cache is empty.
+    #[serde(default)]
+    pub scores: Option<PathBuf>,
     /// Inception FID of some checkpoints, to check that the proxy ranks them alike.
     pub inception: Option<InceptionCheck>,
     /// The quality levels speed-ups are measured at: the baseline's score at these fractions
@@ -131,9 +137,14 @@ impl BenchConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let mut config = Self::parse(&text).with_context(|| format!("{}", path.display()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
         if config.feature_net.is_relative() {
-            let dir = path.parent().unwrap_or(Path::new("."));
             config.feature_net = dir.join(&config.feature_net);
+        }
+        if let Some(scores) = &mut config.scores
+            && scores.is_relative()
+        {
+            *scores = dir.join(&*scores);
         }
         Ok(config)
     }
@@ -384,10 +395,11 @@ pub fn steps_to_reach(curve: &[(u64, f64)], target: f64) -> Option<f64> {
 }
 
 /// The steps the baseline needs to reach its final score, over the steps `method` needs to
-/// reach it.
+/// reach it (both the first time: a baseline whose curve turns up again reaches its final
+/// score before its end, and is 1x against itself all the same).
 pub fn speedup(baseline: &[(u64, f64)], method: &[(u64, f64)]) -> Option<f64> {
-    let &(last, target) = baseline.last()?;
-    Some(last as f64 / steps_to_reach(method, target)?)
+    let &(_, target) = baseline.last()?;
+    Some(steps_to_reach(baseline, target)? / steps_to_reach(method, target)?)
 }
 
 /// A piecewise-linear curve's value at `x`, between its first and last points.
@@ -401,8 +413,9 @@ pub fn value_at(curve: &[(f64, f64)], x: f64) -> Option<f64> {
     Some(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
 }
 
-/// At quality level `fraction` (the baseline's score at that fraction of its run): the
-/// baseline's step there, over the steps `method` needs to reach the same score, and those steps.
+/// At quality level `fraction` (the baseline's score at that fraction of its run): the steps
+/// the baseline first reaches that score at, over the steps `method` needs to reach it, and
+/// those steps.
 pub fn speedup_at(
     baseline: &[(u64, f64)],
     method: &[(u64, f64)],
@@ -410,10 +423,9 @@ pub fn speedup_at(
 ) -> Option<(f64, f64)> {
     let last = baseline.last()?.0 as f64;
     let points: Vec<(f64, f64)> = baseline.iter().map(|&(s, v)| (s as f64, v)).collect();
-    let step = fraction * last;
-    let target = value_at(&points, step)?;
+    let target = value_at(&points, fraction * last)?;
     let steps = steps_to_reach(method, target)?;
-    Some((step / steps, steps))
+    Some((steps_to_reach(baseline, target)? / steps, steps))
 }
 
 /// (score at 3/4 of the run - final score) / score at 3/4: what the last quarter still gained.
@@ -783,10 +795,18 @@ pub fn run(
             );
             // Named by the evaluation, so benchmarks sharing a run keep their own scores.
             let result_path = dir.join(format!("scores-{digest}.json"));
-            if let Ok(text) = std::fs::read_to_string(&result_path)
-                && let Ok(mut done) = serde_json::from_str::<RunResult>(&text)
-                && done.digest == digest
-            {
+            let kept_path = bench.scores.as_ref().map(|folder| {
+                folder.join(format!("{}-seed{seed}-{digest}.json", slug(&method.name)))
+            });
+            let finished = [Some(&result_path), kept_path.as_ref()]
+                .into_iter()
+                .flatten()
+                .find_map(|path| {
+                    let done: RunResult =
+                        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+                    (done.digest == digest).then_some(done)
+                });
+            if let Some(mut done) = finished {
                 eprintln!("{} seed {seed}: done earlier", method.name);
                 // A run shared through --runs may have been stored under another benchmark's name.
                 done.method = method.name.clone();
@@ -894,10 +914,15 @@ pub fn run(
                     String::new()
                 },
             };
-            write_atomic(
-                &result_path,
-                serde_json::to_string_pretty(&result)?.as_bytes(),
-            )?;
+            let json = serde_json::to_string_pretty(&result)?;
+            write_atomic(&result_path, json.as_bytes())?;
+            if let Some(kept) = &kept_path {
+                if let Some(folder) = kept.parent() {
+                    std::fs::create_dir_all(folder)
+                        .with_context(|| format!("cannot create {}", folder.display()))?;
+                }
+                write_atomic(kept, json.as_bytes())?;
+            }
             runs.push(result);
         }
     }
@@ -1048,6 +1073,13 @@ mod tests {
         assert_eq!(speedup(&baseline, &curve), Some(2.0));
         assert_eq!(speedup(&baseline, &baseline), Some(1.0));
         assert_eq!(speedup(&curve, &baseline), None);
+        // A baseline whose curve turns up reaches its final score first at step 250: 1x
+        // against itself, and a method reaching it at 125 is 2x.
+        let turning = [(100, 5.0), (200, 3.0), (300, 2.0), (400, 2.5)];
+        assert_eq!(speedup(&turning, &turning), Some(1.0));
+        assert_eq!(speedup_at(&turning, &turning, 1.0), Some((1.0, 250.0)));
+        let early = [(100, 4.0), (150, 1.0)];
+        assert_eq!(speedup(&turning, &early), Some(2.0));
     }
 
     #[test]

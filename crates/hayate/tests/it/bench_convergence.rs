@@ -56,6 +56,7 @@ eval_n = 12
 eval_ddim_steps = 2
 feature_net = {:?}
 ref_n = 64
+scores = "kept"
 {}
 [run.model]
 preset = "tiny"
@@ -172,6 +173,14 @@ momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensa
         }
     }
     std::fs::remove_file(run_dir.join("ckpt-000000004.hayate")).unwrap();
+    // The benchmark's own copy of the scores (its `scores` folder) goes too.
+    let kept = dir.path().join("kept");
+    for entry in std::fs::read_dir(&kept).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().contains("clts-mdlrc-seed3-") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
     // Run a part at a time: only the baseline is selected, so the unfinished run waits.
     let part = run_with(
         &config,
@@ -242,4 +251,18 @@ momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensa
         serde_json::from_str(&std::fs::read_to_string(out3.join("results.json")).unwrap()).unwrap();
     assert_eq!(named.runs[1].method, "CLTS MDLRC");
     assert_eq!(proxies(&named), proxies(&report));
+
+    // A fresh machine (no runs in its cache) finds the finished runs in the benchmark's scores
+    // folder and trains nothing.
+    let fresh = run_with(
+        &config,
+        &[
+            Path::new("--out"),
+            &dir.path().join("out4"),
+            Path::new("--runs"),
+            &dir.path().join("empty-cache"),
+        ],
+    );
+    assert_eq!(fresh.matches("done earlier").count(), 2, "{fresh}");
+    assert!(!fresh.contains("training 4 steps"), "{fresh}");
 }
