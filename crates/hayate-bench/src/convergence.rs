@@ -715,7 +715,7 @@ pub fn run(
     )?;
     let cache = cache_dir();
     let first = bench.run_config(0, bench.seeds[0])?;
-    let resolution = first.model.resolve()?.resolution;
+    let resolution = first.model.resolve()?.resolution();
     let images: Arc<dyn ImageSource> = hayate_train::dataset::open_training_images(
         &first.data,
         options.data_dir.as_deref(),

@@ -7,7 +7,7 @@ use hayate_data::{DataError, ImageSource};
 use hayate_eval::sample::{Sampling, generate};
 use hayate_schedule::ddim::Ddim;
 use hayate_train::config::RunConfig;
-use hayate_train::train::{TrainOptions, count_params, init_unet, train};
+use hayate_train::train::{TrainOptions, count_params, init_network, train};
 use rand::{RngCore, SeedableRng};
 use std::path::Path;
 use std::sync::Arc;
@@ -106,7 +106,7 @@ pub fn throughput(
     config.validate()?;
     let unet = config.model.resolve()?;
     let batch = config.train.batch_size;
-    let images = RandomImages::new(batch.max(64), unet.resolution, unet.num_classes, 0);
+    let images = RandomImages::new(batch.max(64), unet.resolution(), unet.num_classes(), 0);
     let out = std::env::temp_dir().join(format!("hayate-bench-{}", std::process::id()));
     let report = train(
         &TrainOptions {
@@ -130,7 +130,7 @@ pub fn throughput(
         .get(1)
         .context("the timed interval did not run")?;
 
-    let model = init_unet(&unet, 0, device);
+    let model = init_network(&unet, 0, device);
     let schedule = config.diffusion.schedule()?;
     let sampler = Ddim::new(sample_steps.clamp(1, schedule.steps()), 0.0);
     let run = || {
@@ -167,14 +167,14 @@ pub fn phases(config: &RunConfig, steps: usize, device: &Device) -> Result<Vec<(
     let unet = config.model.resolve()?;
     let train_device = device.clone().autodiff();
     let mut model = DenoisingModel {
-        unet: init_unet(&unet, 0, &train_device),
+        unet: init_network(&unet, 0, &train_device),
         grad_clip: config.train.grad_clip,
     };
     let batch = config.train.batch_size;
     let images = Arc::new(RandomImages::new(
         batch.max(64),
-        unet.resolution,
-        unet.num_classes,
+        unet.resolution(),
+        unet.num_classes(),
         0,
     ));
     let mut source = BatchSource::new(images, config, SourceState::new(0))?;

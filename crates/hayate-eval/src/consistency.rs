@@ -4,7 +4,7 @@
 
 use crate::plot::{Chart, Series};
 use crate::sample::{
-    TrainedModel, UNetDenoiser, batch_seed, generate_with, save_grid_with_columns,
+    NetworkDenoiser, TrainedModel, batch_seed, generate_with, save_grid_with_columns,
 };
 use anyhow::{Result, ensure};
 use hayate_schedule::{Denoiser, NoiseSchedule, Prediction, Sampler};
@@ -142,7 +142,7 @@ impl ShiftedPairs {
 
 /// A denoiser that keeps the predicted x_0 (clipped to [-1, 1]) of every `every`-th call.
 struct Recorder<'a> {
-    inner: UNetDenoiser<'a>,
+    inner: NetworkDenoiser<'a>,
     schedule: &'a NoiseSchedule,
     prediction: Prediction,
     every: usize,
@@ -187,7 +187,7 @@ struct Trajectory {
 fn trajectory(model: &TrainedModel, sampler: &dyn Sampler, n: usize, seed: u64) -> Trajectory {
     let steps = sampler.timesteps(&model.schedule).len();
     let mut recorder = Recorder {
-        inner: UNetDenoiser {
+        inner: NetworkDenoiser {
             model: &model.model,
             device: model.device.clone(),
             guidance: None,

@@ -8,7 +8,7 @@ use crate::weights;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use hayate_model::diffusers::{CONFIG_FILE, DIFFUSERS_VERSION, WEIGHTS_FILE};
-use hayate_model::{UNet, UNetConfig};
+use hayate_model::{Network, NetworkConfig, UNet, UNetConfig};
 use hayate_schedule::{BetaSchedule, Prediction};
 use hayate_train::batches::SourceState;
 use hayate_train::checkpoint::{Checkpoint, CheckpointMeta, write_atomic};
@@ -39,7 +39,13 @@ pub struct Exported {
 pub fn export(checkpoint: &Path, out: &Path, device: &Device) -> Result<Exported> {
     let (path, ckpt) = Checkpoint::load_newest_valid(checkpoint)?;
     let config = &ckpt.meta.config;
-    let unet_config = config.model.resolve()?;
+    let NetworkConfig::UNet(unet_config) = config.model.resolve()? else {
+        bail!(
+            "{}: its network is a DiT, which diffusers' UNet2DModel cannot hold (only UNets \
+             export)",
+            path.display()
+        );
+    };
     let model_json = unet_config.to_diffusers().with_context(|| {
         format!(
             "{}: its network cannot be written as a diffusers UNet2DModel",
@@ -47,7 +53,13 @@ pub fn export(checkpoint: &Path, out: &Path, device: &Device) -> Result<Exported
         )
     })?;
     let scheduler_json = scheduler_config(config)?;
-    let tensors = load_ema(&ckpt, device)?.to_diffusers_tensors(&unet_config)?;
+    let Network::UNet(unet) = load_ema(&ckpt, device)? else {
+        bail!(
+            "{}: the checkpoint's [model] is a UNet but its network is not",
+            path.display()
+        );
+    };
+    let tensors = unet.to_diffusers_tensors(&unet_config)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
@@ -265,7 +277,7 @@ pub fn import(
     let mut config = match base {
         Some(base) => base,
         None => RunConfig {
-            model: ModelSection::exact(&unet_config),
+            model: ModelSection::exact(&NetworkConfig::UNet(unet_config.clone())),
             diffusion: DiffusionConfig::default(),
             train: Default::default(),
             data: Default::default(),
@@ -273,7 +285,7 @@ pub fn import(
             eval: Default::default(),
         },
     };
-    config.model = ModelSection::exact(&unet_config);
+    config.model = ModelSection::exact(&NetworkConfig::UNet(unet_config.clone()));
     config.diffusion = DiffusionConfig {
         timestep_sampler: config.diffusion.timestep_sampler,
         loss_weight: config.diffusion.loss_weight,
@@ -309,6 +321,13 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fixtures/diffusers")
             .join(name)
+    }
+
+    fn unet_of(section: &ModelSection) -> UNetConfig {
+        let NetworkConfig::UNet(config) = section.resolve().unwrap() else {
+            panic!("an imported network is a UNet")
+        };
+        config
     }
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -357,11 +376,11 @@ mod tests {
             adm.meta.config.diffusion.beta_schedule,
             BetaSchedule::Cosine { s: 0.008 }
         );
-        let model = adm.meta.config.model.resolve().unwrap();
+        let model = unet_of(&adm.meta.config.model);
         assert!(model.scale_shift_norm && model.resblock_updown);
         assert_eq!((model.num_classes, model.head_channels), (4, Some(4)));
         let ddpm = Checkpoint::load(&dir.path().join("ddpm.hayate")).unwrap();
-        let model = ddpm.meta.config.model.resolve().unwrap();
+        let model = unet_of(&ddpm.meta.config.model);
         assert_eq!(model.norm_eps, 1e-6);
         assert_eq!(
             model.downsample_padding,
@@ -387,7 +406,7 @@ mod tests {
                 heun,
                 clip_x0: false,
             };
-            let mut denoiser = crate::sample::UNetDenoiser {
+            let mut denoiser = crate::sample::NetworkDenoiser {
                 model: &model,
                 device: device.clone(),
                 guidance: None,
@@ -428,12 +447,12 @@ mod tests {
                 Checkpoint::load(&second).unwrap(),
             );
             // The records also hold Burn's random parameter ids, so compare the tensors.
-            let config = a.meta.config.model.resolve().unwrap();
+            let config = unet_of(&a.meta.config.model);
             let tensors = |c: &Checkpoint| {
-                load_ema(c, &device)
-                    .unwrap()
-                    .to_diffusers_tensors(&config)
-                    .unwrap()
+                let Network::UNet(unet) = load_ema(c, &device).unwrap() else {
+                    panic!("an imported network is a UNet")
+                };
+                unet.to_diffusers_tensors(&config).unwrap()
             };
             assert!(tensors(&a) == tensors(&b), "{name}: the weights changed");
             assert_eq!(a.meta.config, b.meta.config, "{name}");

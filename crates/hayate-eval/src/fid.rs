@@ -443,7 +443,7 @@ impl FidEvaluator {
     /// time).
     pub fn evaluate(
         &self,
-        model: &hayate_model::UNet,
+        model: &hayate_model::Network,
         schedule: &hayate_schedule::NoiseSchedule,
         prediction: hayate_schedule::Prediction,
         cfg_scale: f64,

@@ -5,6 +5,8 @@
 
 pub mod consistency;
 pub mod diffusers;
+#[cfg(test)]
+mod dit_reference;
 pub mod fid;
 pub mod inception;
 pub mod interval;

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use burn::prelude::*;
-use hayate_model::UNet;
+use hayate_model::Network;
 use hayate_schedule::{
     Denoiser, HostRng, NoiseSchedule, Prediction, Sampler, fill_standard_normal,
 };
@@ -24,7 +24,7 @@ pub struct TrainedModel {
     /// Its noise schedule.
     pub schedule: NoiseSchedule,
     /// The EMA network.
-    pub model: UNet,
+    pub model: Network,
     /// Where it runs.
     pub device: Device,
 }
@@ -75,7 +75,7 @@ impl TrainedModel {
 #[derive(Clone, Copy)]
 pub struct Sampling<'a> {
     /// The network.
-    pub model: &'a UNet,
+    pub model: &'a Network,
     /// Its device.
     pub device: &'a Device,
     /// Its noise schedule.
@@ -156,22 +156,22 @@ impl Guidance {
 
     /// What a run's sampling settings ask of `model`: `None` for an unconditional model, else
     /// cycling labels at `scale`.
-    pub fn for_grid(model: &UNet, n: usize, scale: f64) -> Option<Self> {
+    pub fn for_grid(model: &Network, n: usize, scale: f64) -> Option<Self> {
         (model.num_classes() > 0).then(|| Self::cycling(n, model.num_classes(), scale))
     }
 }
 
-/// A UNet on a device, as the host-side samplers see it.
-pub struct UNetDenoiser<'a> {
+/// A network (UNet or DiT) on a device, as the host-side samplers see it.
+pub struct NetworkDenoiser<'a> {
     /// The network (an inference copy: no autodiff, dropout off).
-    pub model: &'a UNet,
+    pub model: &'a Network,
     /// Its device.
     pub device: Device,
     /// Labels and guidance of a class-conditional model.
     pub guidance: Option<&'a Guidance>,
 }
 
-impl UNetDenoiser<'_> {
+impl NetworkDenoiser<'_> {
     fn run(&self, x: Vec<f32>, t: &[f64], labels: Option<Vec<i64>>) -> Vec<f32> {
         let n = t.len();
         let size = self.model.resolution();
@@ -184,11 +184,11 @@ impl UNetDenoiser<'_> {
             .forward_labelled(x, t, labels)
             .into_data()
             .try_to_vec::<f32>()
-            .expect("the UNet outputs f32")
+            .expect("the network outputs f32")
     }
 }
 
-impl Denoiser for UNetDenoiser<'_> {
+impl Denoiser for NetworkDenoiser<'_> {
     fn predict(&mut self, x: &[f32], t: &[f64]) -> Vec<f32> {
         let Some(guidance) = self.guidance.filter(|_| self.model.num_classes() > 0) else {
             return self.run(x.to_vec(), t, None);
@@ -230,7 +230,7 @@ pub fn generate(
     seed: u64,
     guidance: Option<&Guidance>,
 ) -> Vec<f32> {
-    let mut denoiser = UNetDenoiser {
+    let mut denoiser = NetworkDenoiser {
         model: model.model,
         device: model.device.clone(),
         guidance,
@@ -320,8 +320,8 @@ mod tests {
 
     /// A class-conditional tiny UNet with every parameter nudged by host-drawn noise, so that
     /// its zero-initialised output layers do not hide the labels. (Host draws, and the weights
-    /// through `init_unet`'s lock, keep other tests' backend draws undisturbed.)
-    fn conditional_model(device: &Device) -> UNet {
+    /// through `init_network`'s lock, keep other tests' backend draws undisturbed.)
+    fn conditional_model(device: &Device) -> Network {
         struct Nudge(HostRng);
         impl burn::module::ModuleMapper for Nudge {
             fn map_float<const D: usize>(
@@ -338,11 +338,11 @@ mod tests {
                 })
             }
         }
-        let config = hayate_model::UNetConfig {
+        let config = hayate_model::NetworkConfig::UNet(hayate_model::UNetConfig {
             num_classes: 3,
             ..hayate_model::UNetConfig::tiny()
-        };
-        hayate_train::train::init_unet(&config, 5, device)
+        });
+        hayate_train::train::init_network(&config, 5, device)
             .map(&mut Nudge(HostRng::seed_from_u64(9)))
     }
 
@@ -359,7 +359,7 @@ mod tests {
                 labels: vec![0, 2],
                 scale,
             };
-            let mut denoiser = UNetDenoiser {
+            let mut denoiser = NetworkDenoiser {
                 model: &model,
                 device: device.clone(),
                 guidance: Some(&guidance),
@@ -367,7 +367,7 @@ mod tests {
             denoiser.predict(&x, &t)
         };
         let (uncond, cond, guided) = (predict(0.0), predict(1.0), predict(3.0));
-        let unlabelled = UNetDenoiser {
+        let unlabelled = NetworkDenoiser {
             model: &model,
             device: device.clone(),
             guidance: None,

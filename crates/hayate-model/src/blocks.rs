@@ -1,4 +1,5 @@
 use crate::DropoutMasks;
+use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -36,22 +37,48 @@ pub(crate) fn group_norm(groups: usize, channels: usize, eps: f64, device: &Devi
         .init(device)
 }
 
-/// Sinusoidal embedding of the timestep followed by a two-layer MLP, as in DDPM.
+/// Sinusoidal embedding of the timestep followed by a two-layer MLP, as in DDPM (or, built with
+/// [`TimestepEmbedding::glide`], as in GLIDE, ADM and DiT).
 #[derive(Module, Debug)]
 pub struct TimestepEmbedding {
     /// Number of sinusoid frequencies (half the embedded width).
     half: usize,
+    /// GLIDE's sinusoids, exp(-ln(10000) i / half) with the cosines first, instead of DDPM's,
+    /// exp(-ln(10000) i / (half - 1)) with the sines first.
+    glide: bool,
     dense0: Linear,
     dense1: Linear,
 }
 
 impl TimestepEmbedding {
-    /// Embeds `base_channels`-wide sinusoids into `embed_dim` features.
+    /// Embeds `base_channels`-wide sinusoids into `embed_dim` features (DDPM's embedding).
     pub fn new(base_channels: usize, embed_dim: usize, device: &Device) -> Self {
         Self {
             half: base_channels / 2,
+            glide: false,
             dense0: LinearConfig::new(base_channels, embed_dim).init(device),
             dense1: LinearConfig::new(embed_dim, embed_dim).init(device),
+        }
+    }
+
+    /// GLIDE's embedding of `frequency_dim`-wide sinusoids into `embed_dim` features, its
+    /// weights drawn as DiT draws them (normal, std 0.02; biases zero).
+    pub fn glide(frequency_dim: usize, embed_dim: usize, device: &Device) -> Self {
+        let dense = |i: usize, o: usize| {
+            let mut layer = LinearConfig::new(i, o)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
+                .init(device);
+            layer.bias = Some(Param::from_tensor(Tensor::zeros([o], device)));
+            layer
+        };
+        Self {
+            half: frequency_dim / 2,
+            glide: true,
+            dense0: dense(frequency_dim, embed_dim),
+            dense1: dense(embed_dim, embed_dim),
         }
     }
 
@@ -61,15 +88,23 @@ impl TimestepEmbedding {
     pub fn forward(&self, t: Tensor<1>) -> Tensor<2> {
         let [n] = t.dims();
         let half = self.half;
-        // DDPM's spacing, exp(-ln(10000) i / (half - 1)), computed on the host in f64 so every
-        // backend sees the same frequencies.
-        let denom = (half.max(2) - 1) as f64;
+        // The frequencies are computed on the host in f64 so every backend sees the same ones.
+        let denom = if self.glide {
+            half as f64
+        } else {
+            (half.max(2) - 1) as f64
+        };
         let freqs: Vec<f32> = (0..half)
             .map(|i| (-(10000f64.ln()) * i as f64 / denom).exp() as f32)
             .collect();
         let freqs = Tensor::<1>::from_data(TensorData::new(freqs, [half]), &t.device());
         let angles = t.reshape([n, 1]) * freqs.reshape([1, half]);
-        let emb = Tensor::cat(vec![angles.clone().sin(), angles.cos()], 1);
+        let waves = if self.glide {
+            vec![angles.clone().cos(), angles.sin()]
+        } else {
+            vec![angles.clone().sin(), angles.cos()]
+        };
+        let emb = Tensor::cat(waves, 1);
         self.dense1.forward(silu(self.dense0.forward(emb)))
     }
 }

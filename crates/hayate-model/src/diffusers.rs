@@ -477,7 +477,7 @@ impl Fields<'_> {
 
 /// How a tensor is laid out on each side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Layout {
+pub(crate) enum Layout {
     /// The same shape and order.
     Same,
     /// A linear layer's weight: Burn `[in, out]`, PyTorch `[out, in]`.
@@ -489,10 +489,25 @@ enum Layout {
 
 /// One tensor's name in hayate's module and in diffusers' state dict.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Name {
+pub(crate) struct Name {
     hayate: String,
+    /// The name in the other framework's state dict.
     diffusers: String,
     layout: Layout,
+}
+
+impl Name {
+    pub(crate) fn new(
+        hayate: impl Into<String>,
+        theirs: impl Into<String>,
+        layout: Layout,
+    ) -> Self {
+        Self {
+            hayate: hayate.into(),
+            diffusers: theirs.into(),
+            layout,
+        }
+    }
 }
 
 /// The names of every tensor of the network `config` builds.
@@ -632,7 +647,7 @@ const DEPRECATED_ATTENTION: [(&str, &str); 4] = [
     ("to_out.0", "proj_attn"),
 ];
 
-fn transpose(t: &HostTensor) -> HostTensor {
+pub(crate) fn transpose(t: &HostTensor) -> HostTensor {
     let (rows, cols) = (t.shape[0], t.shape[1]);
     let mut values = vec![0.0; t.values.len()];
     for r in 0..rows {
@@ -653,42 +668,7 @@ impl UNet {
         &self,
         config: &UNetConfig,
     ) -> Result<BTreeMap<String, HostTensor>, ConversionError> {
-        let mut by_path: HashMap<String, HostTensor> = HashMap::new();
-        for tensor in self.collect(None, None, false) {
-            let data = bridge::to_data(&tensor)
-                .map_err(|e| ConversionError(format!("{}: {e:?}", tensor.name)))?;
-            let values = data
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| ConversionError(format!("{}: {e:?}", tensor.name)))?;
-            let shape = tensor.shape.to_vec();
-            by_path.insert(tensor.name, HostTensor { shape, values });
-        }
-        let mut out = BTreeMap::new();
-        for name in names(config) {
-            let Some(t) = by_path.remove(&name.hayate) else {
-                return fail(format!(
-                    "the network has no tensor {}: it was not built from this config",
-                    name.hayate
-                ));
-            };
-            let t = match name.layout {
-                Layout::Same => t,
-                Layout::Transposed => transpose(&t),
-                Layout::Projection => HostTensor {
-                    shape: t.shape[..2].to_vec(),
-                    values: t.values,
-                },
-            };
-            out.insert(name.diffusers, t);
-        }
-        if let Some(extra) = by_path.keys().next() {
-            return fail(format!(
-                "the network's tensor {extra} has no diffusers name: it was not built from this \
-                 config"
-            ));
-        }
-        Ok(out)
+        export_named(self, &names(config))
     }
 
     /// Builds the network `config` describes on `device` with the weights of a `UNet2DModel`
@@ -703,89 +683,167 @@ impl UNet {
             .validate()
             .map_err(|e| ConversionError(e.to_string()))?;
         let mut model = config.init(device);
-        let want: HashMap<String, Vec<usize>> = model
-            .collect(None, None, false)
-            .into_iter()
-            .map(|t| (t.name, t.shape.to_vec()))
-            .collect();
-        let mut missing = Vec::new();
-        let mut wrong = Vec::new();
-        let mut snapshots = Vec::new();
-        for name in names(config) {
-            let found = tensors.remove(&name.diffusers).or_else(|| {
-                DEPRECATED_ATTENTION.iter().find_map(|(new, old)| {
-                    let stem = name
-                        .diffusers
-                        .strip_suffix(".weight")
-                        .or_else(|| name.diffusers.strip_suffix(".bias"))?;
-                    let leaf = &name.diffusers[stem.len()..];
-                    let prefix = stem.strip_suffix(new)?;
-                    tensors.remove(&format!("{prefix}{old}{leaf}"))
-                })
-            });
-            let Some(t) = found else {
-                missing.push(name.diffusers);
-                continue;
-            };
-            let shape = &want[&name.hayate];
-            let t = match name.layout {
-                Layout::Same => t,
-                Layout::Transposed if t.shape.len() == 2 => transpose(&t),
-                // A linear [out, in] or, as some conversions keep them, a 1x1 convolution
-                // [out, in, 1, 1]; anything else is reported as misshapen below.
-                Layout::Projection
-                    if t.shape.len() >= 2
-                        && t.shape[..2] == shape[..2]
-                        && t.shape[2..].iter().all(|&d| d == 1) =>
-                {
-                    HostTensor {
-                        shape: shape.clone(),
-                        values: t.values,
-                    }
-                }
-                _ => t,
-            };
-            let expected_len: usize = shape.iter().product();
-            if &t.shape != shape || t.values.len() != expected_len {
-                wrong.push(format!(
-                    "{} (expected {shape:?}, found {:?})",
-                    name.diffusers, t.shape
-                ));
+        let names = names(config);
+        // Older names of the attention projections become the current ones.
+        for name in &names {
+            if tensors.contains_key(&name.diffusers) {
                 continue;
             }
-            snapshots.push(bridge::from_data(
-                TensorData::new(t.values, t.shape),
-                name.hayate,
-                None,
-            ));
+            let old = DEPRECATED_ATTENTION.iter().find_map(|(new, old)| {
+                let stem = name
+                    .diffusers
+                    .strip_suffix(".weight")
+                    .or_else(|| name.diffusers.strip_suffix(".bias"))?;
+                let leaf = &name.diffusers[stem.len()..];
+                let prefix = stem.strip_suffix(new)?;
+                Some(format!("{prefix}{old}{leaf}"))
+            });
+            if let Some(t) = old.and_then(|old| tensors.remove(&old)) {
+                tensors.insert(name.diffusers.clone(), t);
+            }
         }
-        let mut problems = Vec::new();
-        if !missing.is_empty() {
-            problems.push(format!("missing tensors: {}", missing.join(", ")));
-        }
-        if !wrong.is_empty() {
-            problems.push(format!("tensors of the wrong shape: {}", wrong.join(", ")));
-        }
-        if !tensors.is_empty() {
-            let mut extra: Vec<_> = tensors.into_keys().collect();
-            extra.sort();
-            problems.push(format!(
-                "tensors the config has no place for: {}",
-                extra.join(", ")
-            ));
-        }
-        if !problems.is_empty() {
-            return fail(problems.join("; "));
-        }
-        let result = model.apply(snapshots, None, None, false);
-        if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
-            return fail(format!(
-                "loading the weights into the network: errors {:?}, missing {:?}, unused {:?}",
-                result.errors, result.missing, result.unused
-            ));
-        }
+        load_named(&mut model, &names, tensors)?;
         Ok(model)
     }
+}
+
+/// `model`'s weights under their names in another framework (`names`, every weight of the
+/// model exactly once), in that framework's layouts.
+pub(crate) fn export_named<M: ModuleSnapshot>(
+    model: &M,
+    names: &[Name],
+) -> Result<BTreeMap<String, HostTensor>, ConversionError> {
+    let mut by_path: HashMap<String, HostTensor> = HashMap::new();
+    for tensor in model.collect(None, None, false) {
+        let data = bridge::to_data(&tensor)
+            .map_err(|e| ConversionError(format!("{}: {e:?}", tensor.name)))?;
+        let values = data
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| ConversionError(format!("{}: {e:?}", tensor.name)))?;
+        let shape = tensor.shape.to_vec();
+        by_path.insert(tensor.name, HostTensor { shape, values });
+    }
+    let mut out = BTreeMap::new();
+    for name in names {
+        let Some(t) = by_path.remove(&name.hayate) else {
+            return fail(format!(
+                "the network has no tensor {}: it was not built from this config",
+                name.hayate
+            ));
+        };
+        let t = match name.layout {
+            Layout::Same => t,
+            Layout::Transposed => transpose(&t),
+            Layout::Projection => HostTensor {
+                shape: t.shape[..2].to_vec(),
+                values: t.values,
+            },
+        };
+        out.insert(name.diffusers.clone(), t);
+    }
+    if let Some(extra) = by_path.keys().next() {
+        return fail(format!(
+            "the network's tensor {extra} has no name in the other framework: it was not built \
+             from this config"
+        ));
+    }
+    Ok(out)
+}
+
+/// Loads `tensors` (another framework's names and layouts) into `model` by `names`. Every
+/// tensor must be there with its shape, and no other; the error lists every problem.
+pub(crate) fn load_named<M: ModuleSnapshot>(
+    model: &mut M,
+    names: &[Name],
+    mut tensors: HashMap<String, HostTensor>,
+) -> Result<(), ConversionError> {
+    let want: HashMap<String, Vec<usize>> = model
+        .collect(None, None, false)
+        .into_iter()
+        .map(|t| (t.name, t.shape.to_vec()))
+        .collect();
+    let mut missing = Vec::new();
+    let mut wrong = Vec::new();
+    let mut snapshots = Vec::new();
+    for name in names {
+        let Some(t) = tensors.remove(&name.diffusers) else {
+            missing.push(name.diffusers.clone());
+            continue;
+        };
+        let shape = &want[&name.hayate];
+        // What the other framework's layout calls for, for the message.
+        let theirs = match name.layout {
+            Layout::Same => shape.clone(),
+            Layout::Transposed => shape.iter().rev().copied().collect(),
+            Layout::Projection => shape[..2].to_vec(),
+        };
+        let found = t.shape.clone();
+        if t.values.len() != found.iter().product::<usize>() {
+            wrong.push(format!(
+                "{} (shape {found:?} but {} values)",
+                name.diffusers,
+                t.values.len()
+            ));
+            continue;
+        }
+        let t = match name.layout {
+            Layout::Same => t,
+            Layout::Transposed if t.shape.len() == 2 => transpose(&t),
+            // A linear [out, in] or, as some conversions keep them, a 1x1 convolution
+            // [out, in, 1, 1]; anything else is reported as misshapen below.
+            Layout::Projection
+                if t.shape.len() >= 2
+                    && t.shape[..2] == shape[..2]
+                    && t.shape[2..].iter().all(|&d| d == 1) =>
+            {
+                HostTensor {
+                    shape: shape.clone(),
+                    values: t.values,
+                }
+            }
+            _ => t,
+        };
+        let expected_len: usize = shape.iter().product();
+        if &t.shape != shape || t.values.len() != expected_len {
+            wrong.push(format!(
+                "{} (expected {theirs:?}, found {found:?})",
+                name.diffusers
+            ));
+            continue;
+        }
+        snapshots.push(bridge::from_data(
+            TensorData::new(t.values, t.shape),
+            name.hayate.clone(),
+            None,
+        ));
+    }
+    let mut problems = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!("missing tensors: {}", missing.join(", ")));
+    }
+    if !wrong.is_empty() {
+        problems.push(format!("tensors of the wrong shape: {}", wrong.join(", ")));
+    }
+    if !tensors.is_empty() {
+        let mut extra: Vec<_> = tensors.into_keys().collect();
+        extra.sort();
+        problems.push(format!(
+            "tensors the config has no place for: {}",
+            extra.join(", ")
+        ));
+    }
+    if !problems.is_empty() {
+        return fail(problems.join("; "));
+    }
+    let result = model.apply(snapshots, None, None, false);
+    if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
+        return fail(format!(
+            "loading the weights into the network: errors {:?}, missing {:?}, unused {:?}",
+            result.errors, result.missing, result.unused
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

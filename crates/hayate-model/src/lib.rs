@@ -1,4 +1,5 @@
-//! The hayate denoiser: a DDPM/ADM-style UNet for [Burn](https://burn.dev).
+//! The hayate denoisers for [Burn](https://burn.dev): a DDPM/ADM-style UNet and a diffusion
+//! transformer (DiT).
 //!
 //! This crate holds the network only, with no training code, so any Burn project can embed it:
 //!
@@ -16,7 +17,9 @@
 mod blocks;
 mod config;
 pub mod diffusers;
+mod dit;
 mod dropout;
+mod network;
 mod unet;
 
 pub use blocks::{
@@ -25,5 +28,7 @@ pub use blocks::{
 };
 pub use config::{ModelConfigError, UNetConfig};
 pub use diffusers::HostTensor;
+pub use dit::{DiT, DiTConfig};
 pub use dropout::{DropoutKey, DropoutMasks};
+pub use network::{Network, NetworkConfig};
 pub use unet::UNet;

@@ -157,7 +157,7 @@ impl BatchSource {
             (Some(a), _) => Some(a.initial_state()),
             (None, _) => None,
         };
-        let num_classes = config.model.resolve()?.num_classes;
+        let num_classes = config.model.resolve()?.num_classes();
         let classes = dataset.classes().len();
         if num_classes > 0 && classes != num_classes {
             anyhow::bail!(

@@ -2,7 +2,7 @@
 
 use crate::ema::EmaSchedule;
 use anyhow::{Context, Result, bail};
-use hayate_model::{DownsamplePadding, UNetConfig};
+use hayate_model::{DownsamplePadding, NetworkConfig, UNetConfig};
 use hayate_schedule::ddpm::PosteriorVariance;
 use hayate_schedule::{
     BetaSchedule, LossWeight, MomentumDecay, MomentumSchedule, NoiseAssignment, NoiseSchedule,
@@ -34,81 +34,209 @@ pub struct RunConfig {
     pub eval: EvalConfig,
 }
 
-/// The model: a named preset, optionally with fields overridden.
+/// The model: a named preset (a UNet or a DiT), optionally with fields overridden. A field of
+/// the other architecture is an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// Starting point: one of `UNetConfig::PRESETS`.
+    /// Starting point: one of `NetworkConfig::presets()` (UNets: ddpm_cifar10, tiny,
+    /// adm_imagenet64, adm_imagenet128; DiTs: dit_s2_cifar10, dit_tiny).
     pub preset: String,
     /// Overrides of the preset's image resolution.
     pub resolution: Option<usize>,
-    /// Overrides of the preset's base width.
+    /// Overrides of the preset's base width (UNet).
     pub base_channels: Option<usize>,
-    /// Overrides of the preset's channel multipliers.
+    /// Overrides of the preset's channel multipliers (UNet).
     pub channel_mult: Option<Vec<usize>>,
-    /// Overrides of the preset's residual blocks per level.
+    /// Overrides of the preset's residual blocks per level (UNet).
     pub num_res_blocks: Option<usize>,
-    /// Overrides of the preset's attention resolutions.
+    /// Overrides of the preset's attention resolutions (UNet).
     pub attention_resolutions: Option<Vec<usize>>,
-    /// Overrides of the preset's dropout.
+    /// Overrides of the preset's dropout (UNet).
     pub dropout: Option<f64>,
-    /// Overrides of the preset's GroupNorm groups.
+    /// Overrides of the preset's GroupNorm groups (UNet).
     pub norm_groups: Option<usize>,
     /// Overrides of the preset's attention heads.
     pub num_heads: Option<usize>,
-    /// Overrides of the preset's channels per attention head.
+    /// Overrides of the preset's channels per attention head (UNet).
     pub head_channels: Option<usize>,
-    /// Overrides of the preset's scale-shift norm.
+    /// Overrides of the preset's scale-shift norm (UNet).
     pub scale_shift_norm: Option<bool>,
-    /// Overrides of the preset's resampling residual blocks.
+    /// Overrides of the preset's resampling residual blocks (UNet).
     pub resblock_updown: Option<bool>,
     /// Overrides of the preset's class count (0: unconditional; else the dataset's classes).
     pub num_classes: Option<usize>,
     /// Overrides of the preset's image channels (3: RGB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_channels: Option<usize>,
-    /// Overrides of the preset's GroupNorm epsilon.
+    /// Overrides of the preset's GroupNorm epsilon (UNet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub norm_eps: Option<f64>,
-    /// Overrides of where the preset's downsampling convolutions pad ("both" or "after").
+    /// Overrides of where the preset's downsampling convolutions pad ("both" or "after"; UNet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downsample_padding: Option<DownsamplePadding>,
+    /// Overrides of the preset's patch side (DiT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_size: Option<usize>,
+    /// Overrides of the preset's token width (DiT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_size: Option<usize>,
+    /// Overrides of the preset's transformer blocks (DiT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<usize>,
+    /// Overrides of the preset's MLP width over the token width (DiT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_ratio: Option<f64>,
 }
 
 impl ModelSection {
     /// The section that resolves to exactly `config`: a preset with every field overridden.
-    pub fn exact(config: &UNetConfig) -> Self {
-        let c = config.clone();
-        Self {
-            // The one preset without head_channels, which an override cannot unset.
-            preset: "ddpm_cifar10".into(),
-            resolution: Some(c.resolution),
-            base_channels: Some(c.base_channels),
-            channel_mult: Some(c.channel_mult),
-            num_res_blocks: Some(c.num_res_blocks),
-            attention_resolutions: Some(c.attention_resolutions),
-            dropout: Some(c.dropout),
-            norm_groups: Some(c.norm_groups),
-            num_heads: Some(c.num_heads),
-            head_channels: c.head_channels,
-            scale_shift_norm: Some(c.scale_shift_norm),
-            resblock_updown: Some(c.resblock_updown),
-            num_classes: Some(c.num_classes),
-            image_channels: Some(c.image_channels),
-            norm_eps: Some(c.norm_eps),
-            downsample_padding: Some(c.downsample_padding),
+    pub fn exact(config: &NetworkConfig) -> Self {
+        let none = Self {
+            preset: String::new(),
+            resolution: None,
+            base_channels: None,
+            channel_mult: None,
+            num_res_blocks: None,
+            attention_resolutions: None,
+            dropout: None,
+            norm_groups: None,
+            num_heads: None,
+            head_channels: None,
+            scale_shift_norm: None,
+            resblock_updown: None,
+            num_classes: None,
+            image_channels: None,
+            norm_eps: None,
+            downsample_padding: None,
+            patch_size: None,
+            hidden_size: None,
+            depth: None,
+            mlp_ratio: None,
+        };
+        match config.clone() {
+            NetworkConfig::UNet(c) => Self {
+                // The one preset without head_channels, which an override cannot unset.
+                preset: "ddpm_cifar10".into(),
+                resolution: Some(c.resolution),
+                base_channels: Some(c.base_channels),
+                channel_mult: Some(c.channel_mult),
+                num_res_blocks: Some(c.num_res_blocks),
+                attention_resolutions: Some(c.attention_resolutions),
+                dropout: Some(c.dropout),
+                norm_groups: Some(c.norm_groups),
+                num_heads: Some(c.num_heads),
+                head_channels: c.head_channels,
+                scale_shift_norm: Some(c.scale_shift_norm),
+                resblock_updown: Some(c.resblock_updown),
+                num_classes: Some(c.num_classes),
+                image_channels: Some(c.image_channels),
+                norm_eps: Some(c.norm_eps),
+                downsample_padding: Some(c.downsample_padding),
+                ..none
+            },
+            NetworkConfig::DiT(c) => Self {
+                preset: "dit_tiny".into(),
+                resolution: Some(c.resolution),
+                num_heads: Some(c.num_heads),
+                num_classes: Some(c.num_classes),
+                image_channels: Some(c.image_channels),
+                patch_size: Some(c.patch_size),
+                hidden_size: Some(c.hidden_size),
+                depth: Some(c.depth),
+                mlp_ratio: Some(c.mlp_ratio),
+                ..none
+            },
         }
     }
 
+    /// The overrides that only a UNet has, by name, that this section sets.
+    fn unet_fields(&self) -> Vec<&'static str> {
+        [
+            ("base_channels", self.base_channels.is_some()),
+            ("channel_mult", self.channel_mult.is_some()),
+            ("num_res_blocks", self.num_res_blocks.is_some()),
+            (
+                "attention_resolutions",
+                self.attention_resolutions.is_some(),
+            ),
+            ("dropout", self.dropout.is_some()),
+            ("norm_groups", self.norm_groups.is_some()),
+            ("head_channels", self.head_channels.is_some()),
+            ("scale_shift_norm", self.scale_shift_norm.is_some()),
+            ("resblock_updown", self.resblock_updown.is_some()),
+            ("norm_eps", self.norm_eps.is_some()),
+            ("downsample_padding", self.downsample_padding.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+
+    /// The overrides that only a DiT has, by name, that this section sets.
+    fn dit_fields(&self) -> Vec<&'static str> {
+        [
+            ("patch_size", self.patch_size.is_some()),
+            ("hidden_size", self.hidden_size.is_some()),
+            ("depth", self.depth.is_some()),
+            ("mlp_ratio", self.mlp_ratio.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+
     /// The full network config: the preset with the overrides applied, validated.
-    pub fn resolve(&self) -> Result<UNetConfig> {
-        let Some(mut c) = UNetConfig::preset(&self.preset) else {
+    pub fn resolve(&self) -> Result<NetworkConfig> {
+        let Some(preset) = NetworkConfig::preset(&self.preset) else {
             bail!(
                 "model.preset: unknown preset {:?}; known presets: {}",
                 self.preset,
-                UNetConfig::PRESETS.join(", ")
+                NetworkConfig::presets().join(", ")
             );
         };
+        let foreign = match &preset {
+            NetworkConfig::UNet(_) => self.dit_fields(),
+            NetworkConfig::DiT(_) => self.unet_fields(),
+        };
+        if !foreign.is_empty() {
+            bail!(
+                "model: {} {} not apply to the {} preset {:?}",
+                foreign.join(", "),
+                if foreign.len() == 1 { "does" } else { "do" },
+                preset.architecture(),
+                self.preset
+            );
+        }
+        let config = match preset {
+            NetworkConfig::UNet(c) => NetworkConfig::UNet(self.unet(c)),
+            NetworkConfig::DiT(mut c) => {
+                let shared = [
+                    (&mut c.resolution, self.resolution),
+                    (&mut c.num_heads, self.num_heads),
+                    (&mut c.num_classes, self.num_classes),
+                    (&mut c.image_channels, self.image_channels),
+                    (&mut c.patch_size, self.patch_size),
+                    (&mut c.hidden_size, self.hidden_size),
+                    (&mut c.depth, self.depth),
+                ];
+                for (field, value) in shared {
+                    if let Some(v) = value {
+                        *field = v;
+                    }
+                }
+                if let Some(v) = self.mlp_ratio {
+                    c.mlp_ratio = v;
+                }
+                NetworkConfig::DiT(c)
+            }
+        };
+        config.validate().context("model")?;
+        Ok(config)
+    }
+
+    /// A UNet preset with this section's overrides.
+    fn unet(&self, mut c: UNetConfig) -> UNetConfig {
         if let Some(v) = self.resolution {
             c.resolution = v;
         }
@@ -154,8 +282,7 @@ impl ModelSection {
         if let Some(v) = self.downsample_padding {
             c.downsample_padding = v;
         }
-        c.validate().context("model")?;
-        Ok(c)
+        c
     }
 }
 
@@ -579,7 +706,7 @@ impl RunConfig {
             bail!("train.keep_checkpoints must be at least 1");
         }
         if self.data.dataset == DatasetKind::Cifar10 {
-            let resolution = self.model.resolve()?.resolution;
+            let resolution = self.model.resolve()?.resolution();
             if ![32, 16, 8].contains(&resolution) {
                 bail!(
                     "data.dataset = \"cifar10\" has 32x32 images (averaged to 16x16 or 8x8 for \
@@ -780,6 +907,53 @@ mod tests {
             "expected run configs and a benchmark in {}",
             dir.display()
         );
+    }
+
+    #[test]
+    fn a_dit_preset_takes_its_own_and_the_shared_fields_and_refuses_the_unets() {
+        let config = RunConfig::parse(
+            "[model]\npreset = \"dit_tiny\"\nresolution = 16\nhidden_size = 48\n\
+             num_heads = 3\nnum_classes = 10\n",
+        )
+        .unwrap();
+        let NetworkConfig::DiT(dit) = config.model.resolve().unwrap() else {
+            panic!("dit_tiny is a DiT")
+        };
+        assert_eq!(
+            (
+                dit.resolution,
+                dit.hidden_size,
+                dit.num_heads,
+                dit.num_classes,
+                dit.depth
+            ),
+            (16, 48, 3, 10, 4)
+        );
+        // The exact section of a DiT resolves to it again.
+        let exact = ModelSection::exact(&NetworkConfig::DiT(dit.clone()));
+        assert_eq!(exact.resolve().unwrap(), NetworkConfig::DiT(dit));
+        for (text, needle) in [
+            (
+                "preset = \"dit_tiny\"\nchannel_mult = [1, 2]",
+                "channel_mult does not apply to the DiT",
+            ),
+            (
+                "preset = \"dit_tiny\"\ndropout = 0.1\nnorm_groups = 4",
+                "dropout, norm_groups do not",
+            ),
+            (
+                "preset = \"tiny\"\npatch_size = 4",
+                "patch_size does not apply to the UNet",
+            ),
+            ("preset = \"dit_tiny\"\nhidden_size = 30", "multiple of 4"),
+            ("preset = \"ditt\"", "dit_s2_cifar10, dit_tiny"),
+        ] {
+            let e = RunConfig::parse(&format!("[model]\n{text}\n"))
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|c| c.model.resolve().map(|_| ()).map_err(|e| format!("{e:#}")))
+                .unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use burn::module::{ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
-use hayate_model::UNet;
+use hayate_model::Network;
 
 /// How the EMA's decay moves with the update count.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,14 +73,14 @@ impl EmaSchedule {
 #[derive(Debug, Clone)]
 pub struct Ema {
     /// The averaged network.
-    pub model: UNet,
+    pub model: Network,
     /// Its decay over the updates.
     pub schedule: EmaSchedule,
 }
 
 impl Ema {
     /// Starts the average at the current weights.
-    pub fn new(model: &UNet, schedule: EmaSchedule) -> Self {
+    pub fn new(model: &Network, schedule: EmaSchedule) -> Self {
         Self {
             model: model.valid(),
             schedule,
@@ -93,7 +93,7 @@ impl Ema {
     }
 
     /// ema <- d * ema + (1 - d) * model, with d = `decay_at(k)`.
-    pub fn update(&mut self, model: &UNet, k: u64) {
+    pub fn update(&mut self, model: &Network, k: u64) {
         let d = self.decay_at(k);
         let mut collect = Flatten(Vec::new());
         model.visit(&mut collect);
@@ -210,11 +210,11 @@ mod tests {
     #[test]
     fn update_moves_the_average_toward_the_model() {
         let device = Device::flex();
-        let a = UNetConfig::tiny().init(&device);
-        let b = UNetConfig::tiny().init(&device);
+        let a = Network::UNet(UNetConfig::tiny().init(&device));
+        let b = Network::UNet(UNetConfig::tiny().init(&device));
         let mut ema = Ema::new(&a, constant(0.75, 0.0));
         ema.update(&b, 0);
-        let first = |m: &UNet| {
+        let first = |m: &Network| {
             let mut f = Flatten(Vec::new());
             m.visit(&mut f);
             f.0.into_iter()

@@ -5,13 +5,14 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::train::metric::{Adaptor, ItemLazy, LossInput};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
-use hayate_model::{DropoutKey, UNet};
+use hayate_model::{DropoutKey, Network};
 
-/// The UNet as the Learner trains it: the loss, and gradients clipped by their global norm.
+/// The denoiser as the Learner trains it: the loss, and gradients clipped by their global norm.
 #[derive(Module, Debug)]
 pub struct DenoisingModel {
-    /// The network.
-    pub unet: UNet,
+    /// The network, a UNet or a DiT (named `unet` because that name starts every parameter's
+    /// path in the checkpoints written before the DiT, which resume unchanged).
+    pub unet: Network,
     /// Clip the global gradient norm to this (0 disables).
     pub grad_clip: f64,
 }

@@ -24,7 +24,7 @@ use burn::train::{
     SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents, TrainingItem,
     TrainingStrategy, ValidLoader,
 };
-use hayate_model::{UNet, UNetConfig};
+use hayate_model::{Network, NetworkConfig};
 use hayate_schedule::NoiseSchedule;
 use std::io::IsTerminal;
 use std::marker::PhantomData;
@@ -88,7 +88,7 @@ pub struct IntervalEnd<'a> {
     /// The checkpoint just written.
     pub checkpoint: &'a Path,
     /// The EMA network, on the run's first device (without autodiff).
-    pub ema: &'a UNet,
+    pub ema: &'a Network,
     /// That device.
     pub device: &'a Device,
     /// The run's noise schedule.
@@ -116,7 +116,7 @@ pub fn cache_dir() -> PathBuf {
 
 /// Builds the network with weights drawn from `seed` on the CPU backend when it is built in, so
 /// every backend starts from the same numbers, then places it on `device`.
-pub fn init_unet(config: &UNetConfig, seed: u64, device: &Device) -> UNet {
+pub fn init_network(config: &NetworkConfig, seed: u64, device: &Device) -> Network {
     init_seeded(seed, device, |d| config.init(d))
 }
 
@@ -156,7 +156,7 @@ pub fn record_from<R: BurnCheckpoint>(bytes: &[u8], what: &str) -> Result<R> {
 }
 
 /// Loads the EMA network of a checkpoint onto `device`.
-pub fn load_ema(checkpoint: &Checkpoint, device: &Device) -> Result<UNet> {
+pub fn load_ema(checkpoint: &Checkpoint, device: &Device) -> Result<Network> {
     let config = checkpoint.meta.config.model.resolve()?;
     let record: ModuleRecord = record_from(checkpoint.section("ema")?, "EMA")?;
     Ok(config.init(device).load_record(record))
@@ -164,13 +164,10 @@ pub fn load_ema(checkpoint: &Checkpoint, device: &Device) -> Result<UNet> {
 
 /// `unet` with the EMA weights of the newest checkpoint of `path`, whose network must have the
 /// shape of `config` (dropout may differ: it has no weights).
-fn init_from(path: &Path, config: &UNetConfig, unet: UNet) -> Result<UNet> {
+fn init_from(path: &Path, config: &NetworkConfig, unet: Network) -> Result<Network> {
     let (file, checkpoint) = Checkpoint::load_newest_valid(path)?;
     let theirs = checkpoint.meta.config.model.resolve()?;
-    let same_shape = UNetConfig {
-        dropout: config.dropout,
-        ..theirs.clone()
-    } == *config;
+    let same_shape = theirs.with_dropout(config.dropout()) == *config;
     ensure!(
         same_shape,
         "--init {}: its network differs from the config's [model] in more than dropout:\n  \
@@ -256,7 +253,7 @@ pub fn train(
         None => crate::dataset::open_training_images(
             &config.data,
             options.data_dir.as_deref(),
-            config.model.resolve()?.resolution,
+            config.model.resolve()?.resolution(),
             &cache_dir(),
         )?,
     };
@@ -265,7 +262,7 @@ pub fn train(
     let unet_config = config.model.resolve()?;
     let schedule = config.diffusion.schedule()?;
     let train_device = device.clone().autodiff();
-    let unet = init_unet(&unet_config, config.train.seed, &train_device);
+    let unet = init_network(&unet_config, config.train.seed, &train_device);
     let unet = match (&options.init, &resume_from) {
         (Some(path), None) => init_from(path, &unet_config, unet)?,
         _ => unet,
@@ -827,7 +824,7 @@ impl<R: BurnCheckpoint> Checkpointer<R> for Capture<R> {
 }
 
 /// Parameters of the network `config` describes (built on the CPU when available).
-pub fn count_params(config: &UNetConfig) -> usize {
+pub fn count_params(config: &NetworkConfig) -> usize {
     #[cfg(feature = "cpu")]
     let device = Device::flex();
     #[cfg(not(feature = "cpu"))]

@@ -21,6 +21,11 @@ impl Args {
         let forward = unet.forward_flops();
         let batch = run_config.train.batch_size as u64;
         println!("config: {}", self.config.display());
+        println!(
+            "network: {} (preset {})",
+            unet.architecture(),
+            run_config.model.preset
+        );
         println!("parameters: {params} ({:.2}M)", params as f64 / 1e6);
         println!(
             "forward FLOPs per image: {:.3} GFLOPs",
