@@ -945,7 +945,10 @@ mod tests {
                 "preset = \"tiny\"\npatch_size = 4",
                 "patch_size does not apply to the UNet",
             ),
-            ("preset = \"dit_tiny\"\nhidden_size = 30", "multiple of 4"),
+            (
+                "preset = \"dit_tiny\"\nhidden_size = 30\nnum_heads = 5",
+                "multiple of 4",
+            ),
             ("preset = \"ditt\"", "dit_s2_cifar10, dit_tiny"),
         ] {
             let e = RunConfig::parse(&format!("[model]\n{text}\n"))
