@@ -1,5 +1,5 @@
 //! The same few training steps on WGPU, on WGPU data-parallel over two devices, and on the CPU
-//! backend give the same losses, dropout included.
+//! backend give the same losses, for the UNet (dropout included) and for the DiT.
 //!
 //! On software Vulkan (Mesa's lavapipe, as in CI) every kernel is compiled by LLVM, and autotune
 //! compiles and times each candidate of each operation at each shape. So the runs share their
@@ -63,13 +63,19 @@ fn wgpu_losses_match_the_cpu_backend() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let run = |devices: Vec<Device>, batch: usize, name: &str| {
+    let unet = || {
         let mut config = common::tiny_config(2, 1);
-        config.train.batch_size = batch;
-        config.sampling.grid_images = 4;
         // Dropout masks are hashed on the device in integers (32-bit on WGPU, 64-bit on flex):
         // the second step's loss depends on them.
         config.model.dropout = Some(0.3);
+        config
+    };
+    let run = |mut config: hayate_train::config::RunConfig,
+               devices: Vec<Device>,
+               batch: usize,
+               name: &str| {
+        config.train.batch_size = batch;
+        config.sampling.grid_images = 4;
         train(
             &TrainOptions {
                 config,
@@ -90,16 +96,33 @@ fn wgpu_losses_match_the_cpu_backend() {
     // `one_run_at_a_time`); the WGPU runs, the long part, go beside them.
     let cpu = {
         let _serial = common::one_run_at_a_time();
-        run(vec![Device::flex()], 4, "cpu")
+        run(unet(), vec![Device::flex()], 4, "cpu")
     };
-    let gpu = run(vec![Device::wgpu(DeviceKind::DefaultDevice)], 4, "wgpu");
+    let gpu = run(
+        unet(),
+        vec![Device::wgpu(DeviceKind::DefaultDevice)],
+        4,
+        "wgpu",
+    );
+    // The DiT's own kernels (layer norm, attention over patches, tanh GELU, adaLN modulation).
+    let dit_cpu = {
+        let _serial = common::one_run_at_a_time();
+        run(common::dit_config(2, 1), vec![Device::flex()], 4, "dit-cpu")
+    };
+    let dit_gpu = run(
+        common::dit_config(2, 1),
+        vec![Device::wgpu(DeviceKind::DefaultDevice)],
+        4,
+        "dit-wgpu",
+    );
     // Two WGPU devices with their own memory and queues (on a machine with one adapter, both
     // are that adapter): the batch is split, gradients move to the first and are summed there.
     let cpu8 = {
         let _serial = common::one_run_at_a_time();
-        run(vec![Device::flex()], 8, "cpu8")
+        run(unet(), vec![Device::flex()], 8, "cpu8")
     };
     let two = run(
+        unet(),
         vec![
             Device::wgpu(DeviceKind::DefaultDevice),
             Device::wgpu(DeviceKind::Cpu),
@@ -109,11 +132,21 @@ fn wgpu_losses_match_the_cpu_backend() {
     );
     eprintln!(
         "losses at batch 4: cpu {cpu:?}, wgpu {gpu:?}; at batch 8: cpu {cpu8:?}, wgpu on two \
-         devices {two:?}"
+         devices {two:?}; DiT: cpu {dit_cpu:?}, wgpu {dit_gpu:?}"
     );
-    assert_eq!((cpu.len(), gpu.len(), cpu8.len(), two.len()), (2, 2, 2, 2));
+    assert_eq!(
+        (
+            cpu.len(),
+            gpu.len(),
+            cpu8.len(),
+            two.len(),
+            dit_cpu.len(),
+            dit_gpu.len()
+        ),
+        (2, 2, 2, 2, 2, 2)
+    );
     // Same inputs and weights; only float summation order differs between the backends.
-    for (c, g) in cpu.iter().zip(&gpu) {
+    for (c, g) in cpu.iter().zip(&gpu).chain(dit_cpu.iter().zip(&dit_gpu)) {
         assert!((c - g).abs() <= 1e-5 * c.abs(), "cpu {c} vs wgpu {g}");
     }
     for (c, t) in cpu8.iter().zip(&two) {

@@ -543,17 +543,6 @@ fn data_parallel_steps_over_three_devices_match_one_device_with_dropout() {
 }
 
 /// A small DiT on 16x16 images (64 tokens of width 32).
-fn dit_config(steps: u64, every: u64) -> RunConfig {
-    let mut config = common::tiny_config(steps, every);
-    config.model = RunConfig::parse(
-        "[model]\npreset = \"dit_tiny\"\nresolution = 16\nhidden_size = 32\ndepth = 2\n\
-         num_heads = 2\n",
-    )
-    .unwrap()
-    .model;
-    config
-}
-
 #[test]
 fn a_dit_trains_resumes_exactly_and_samples() {
     let Some((data, _serial, dir)) = setup() else {
@@ -562,7 +551,7 @@ fn a_dit_trains_resumes_exactly_and_samples() {
     let device = Device::flex();
     let straight = dir.path().join("straight");
     let report = train(
-        &options(dit_config(16, 8), &straight, &data, false),
+        &options(common::dit_config(16, 8), &straight, &data, false),
         &device,
     )
     .unwrap();
@@ -574,8 +563,16 @@ fn a_dit_trains_resumes_exactly_and_samples() {
     );
 
     let resumed = dir.path().join("resumed");
-    train(&options(dit_config(8, 8), &resumed, &data, false), &device).unwrap();
-    let again = train(&options(dit_config(16, 8), &resumed, &data, true), &device).unwrap();
+    train(
+        &options(common::dit_config(8, 8), &resumed, &data, false),
+        &device,
+    )
+    .unwrap();
+    let again = train(
+        &options(common::dit_config(16, 8), &resumed, &data, true),
+        &device,
+    )
+    .unwrap();
     assert_eq!(again.interval_losses[0], report.interval_losses[1]);
     let a = Checkpoint::load(&Checkpoint::latest(&straight).unwrap()).unwrap();
     let b = Checkpoint::load(&Checkpoint::latest(&resumed).unwrap()).unwrap();

@@ -57,6 +57,18 @@ pub fn tiny_config(steps: u64, every: u64) -> RunConfig {
     tiny_config_with(steps, every, "")
 }
 
+/// [`tiny_config`] with a two-block DiT of width 32 (50,028 parameters) in place of the UNet.
+pub fn dit_config(steps: u64, every: u64) -> RunConfig {
+    let mut config = tiny_config(steps, every);
+    config.model = RunConfig::parse(
+        "[model]\npreset = \"dit_tiny\"\nresolution = 16\nhidden_size = 32\ndepth = 2\n\
+         num_heads = 2\n",
+    )
+    .unwrap()
+    .model;
+    config
+}
+
 /// [`tiny_config`] with extra lines in its `[diffusion]` table.
 pub fn tiny_config_with(steps: u64, every: u64, diffusion: &str) -> RunConfig {
     RunConfig::parse(&format!(
