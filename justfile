@@ -60,12 +60,15 @@ plot RUN:
 fid RUN *ARGS:
     cargo run --release -p hayate -- eval fid --checkpoint {{RUN}} {{ARGS}}
 
-# The consistency phenomenon: train two tiny models that differ in seed and a third that differs
-# in width (CPU on 2 cores: about 40 minutes each, 80 for the wider one), then compare their
-# samples from shared noise (16 to 20 minutes each).
+# The consistency phenomenon: train two tiny models that differ in seed, a third that differs
+# in width (CPU on 2 cores: about 40 minutes each, 80 for the wider one) and a tiny DiT (across
+# architectures; its time not yet measured), then compare their samples from shared noise (16 to
+# 20 minutes each).
 consistency *ARGS:
     cargo run --release -p hayate -- train --config experiments/consistency-a.toml --out runs/consistency-a {{ARGS}}
     cargo run --release -p hayate -- train --config experiments/consistency-b.toml --out runs/consistency-b {{ARGS}}
     cargo run --release -p hayate -- train --config experiments/consistency-wide.toml --out runs/consistency-wide {{ARGS}}
+    cargo run --release -p hayate -- train --config experiments/consistency-dit.toml --out runs/consistency-dit {{ARGS}}
     cargo run --release -p hayate -- consistency --a runs/consistency-a --b runs/consistency-b --out runs/consistency/seed
     cargo run --release -p hayate -- consistency --a runs/consistency-a --b runs/consistency-wide --out runs/consistency/width
+    cargo run --release -p hayate -- consistency --a runs/consistency-a --b runs/consistency-dit --out runs/consistency/architecture
