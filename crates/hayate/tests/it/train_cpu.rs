@@ -542,7 +542,6 @@ fn data_parallel_steps_over_three_devices_match_one_device_with_dropout() {
     );
 }
 
-/// A small DiT on 16x16 images (64 tokens of width 32).
 #[test]
 fn a_dit_trains_resumes_exactly_and_samples() {
     let Some((data, _serial, dir)) = setup() else {
