@@ -4,6 +4,10 @@ linear schedule, global-norm clipping at 1.0, Adam, EMA) and the same sampling s
 warm-up on the same machine. Prints one JSON line for hayate to read.
 
 Usage: python benches/torch_throughput.py --preset ddpm_cifar10 --batch 8 --steps 5 [--device cpu]
+       [--ops OPS.json]
+
+With --ops (written by `hayate bench throughput --phases`), also times each listed layer alone,
+forward and backward apart, as hayate's op profile does, and the phases of a step.
 """
 
 import argparse
@@ -45,6 +49,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--sample-steps", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ops", help="hayate's op list (JSON) to time layer by layer")
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -116,9 +121,16 @@ def main():
         "forward": timed(conv_forward, args.steps) / args.steps,
         "forward_backward": timed(conv_both, args.steps) / args.steps,
     }
+    extra = {}
+    if args.ops:
+        model.train()
+        extra["phases"] = phases(model, ema, opt, x0, alpha_bar, args.steps, device)
+        with open(args.ops) as f:
+            extra["ops"] = profile_ops(json.load(f), device)
     print(
         json.dumps(
             {
+                **extra,
                 "preset": args.preset,
                 "params": params,
                 "batch": n,
@@ -134,6 +146,131 @@ def main():
             }
         )
     )
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def per_call(fn, repeats, device):
+    """Seconds per call of `fn` over `repeats` calls after one warm-up, as hayate's profile."""
+    fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(max(repeats, 1)):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / max(repeats, 1)
+
+
+def phases(model, ema, opt, x0, alpha_bar, steps, device):
+    """Seconds of each phase of a training step, each waited for, averaged after one warm-up:
+    the rows of hayate's phase table that PyTorch has."""
+    n = x0.shape[0]
+    params = list(model.parameters())
+    totals = [0.0, 0.0, 0.0, 0.0]
+    for step in range(steps + 1):
+        marks = [time.perf_counter()]
+
+        def lap():
+            sync(device)
+            marks.append(time.perf_counter())
+
+        t = torch.randint(0, 1000, (n,), device=device)
+        eps = torch.randn_like(x0)
+        ab = alpha_bar[t].view(n, 1, 1, 1)
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        loss = torch.nn.functional.mse_loss(model(x_t, t).sample, eps)
+        loss.item()
+        lap()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        params[0].grad.sum().item()
+        lap()
+        opt.step()
+        params[0].sum().item()
+        lap()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ema.parameters()), params, 1 - 0.9999)
+        next(ema.parameters()).sum().item()
+        lap()
+        if step > 0:
+            for i in range(4):
+                totals[i] += marks[i + 1] - marks[i]
+    names = ["forward and loss", "backward and gradient clipping", "optimiser (Adam)", "EMA update"]
+    return {name: total / max(steps, 1) for name, total in zip(names, totals)}
+
+
+def profile_ops(spec, device):
+    """Each layer of hayate's list timed alone at its batch, the parts hayate times: forward,
+    then backward (a convolution's input and weight gradients apart), backward times with the
+    forward's taken off."""
+    from diffusers.models.attention_processor import Attention
+
+    F = torch.nn.functional
+    n, repeats = spec["batch"], spec["repeats"]
+    groups, eps = spec["norm_groups"], spec["norm_eps"]
+    out = []
+
+    def grad_time(fn, tensors):
+        def run():
+            leaves = [t.detach().requires_grad_(True) for t in tensors]
+            fn(*leaves).sum().backward()
+            for leaf in leaves:
+                leaf.grad.sum().item()
+
+        return run
+
+    for layer in spec["layers"]:
+        ((kind, p),) = layer.items()
+        parts = []
+        if kind == "Conv":
+            cin, cout, k, s, r = (p[key] for key in ("in_channels", "out_channels", "kernel", "stride", "resolution"))
+            x = torch.randn(n, cin, r, r, device=device)
+            w = torch.randn(cout, cin, k, k, device=device)
+            b = torch.randn(cout, device=device)
+
+            def conv(x, w, b, s=s, k=k):
+                return F.conv2d(x, w, b, stride=s, padding=k // 2)
+
+            forward = per_call(lambda: conv(x, w, b).sum().item(), repeats, device)
+            inp = per_call(grad_time(lambda x: conv(x, w, b), [x]), repeats, device)
+            wgt = per_call(grad_time(lambda w, b: conv(x, w, b), [w, b]), repeats, device)
+            parts = [["forward", forward], ["input gradient", max(inp - forward, 0.0)],
+                     ["weight gradient", max(wgt - forward, 0.0)]]
+        elif kind == "Linear":
+            x = torch.randn(n, p["inputs"], device=device)
+            w = torch.randn(p["outputs"], p["inputs"], device=device)
+            b = torch.randn(p["outputs"], device=device)
+            forward = per_call(lambda: F.linear(x, w, b).sum().item(), repeats, device)
+            both = per_call(grad_time(F.linear, [x, w, b]), repeats, device)
+            parts = [["forward", forward], ["backward", max(both - forward, 0.0)]]
+        elif kind == "GroupNorm":
+            c, r = p["channels"], p["resolution"]
+            norm = torch.nn.GroupNorm(groups, c, eps=eps).to(device)
+            act = F.silu if p["silu"] else (lambda y: y)
+            x = torch.randn(n, c, r, r, device=device)
+            forward = per_call(lambda: act(norm(x)).sum().item(), repeats, device)
+            both = per_call(grad_time(lambda x: act(norm(x)), [x]), repeats, device)
+            parts = [["forward", forward], ["backward", max(both - forward, 0.0)]]
+        elif kind == "Attention":
+            c, r, heads = p["channels"], p["resolution"], p["heads"]
+            # The block UNet2DModel builds for AttnDownBlock2D / AttnUpBlock2D.
+            block = Attention(
+                c, heads=heads, dim_head=c // heads, rescale_output_factor=1.0, eps=eps,
+                norm_num_groups=groups, residual_connection=True, bias=True, upcast_softmax=True,
+                _from_deprecated_attn_block=True,
+            ).to(device)
+            x = torch.randn(n, c, r, r, device=device)
+            forward = per_call(lambda: block(x).sum().item(), repeats, device)
+            both = per_call(grad_time(block, [x]), repeats, device)
+            parts = [["forward", forward], ["backward", max(both - forward, 0.0)]]
+        else:
+            raise SystemExit(f"unknown layer kind {kind!r} in {spec!r}")
+        out.append(parts)
+    return out
 
 
 if __name__ == "__main__":

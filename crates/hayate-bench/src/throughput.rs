@@ -315,7 +315,10 @@ fn peak_rss() -> Option<u64> {
 }
 
 /// PyTorch's figures for the same preset and batch from `benches/torch_throughput.py`, run with
-/// `python`; `None` with the reason when PyTorch or diffusers is not installed there.
+/// `python`; `None` with the reason when PyTorch or diffusers is not installed there. With
+/// `ops` (a file from [`crate::ops::write_spec`]) the script also times those layers one by one
+/// and the phases of a step.
+#[allow(clippy::too_many_arguments)]
 pub fn torch_throughput(
     python: &str,
     script: &Path,
@@ -324,12 +327,18 @@ pub fn torch_throughput(
     steps: u64,
     sample_steps: usize,
     device: &str,
+    ops: Option<&Path>,
 ) -> Result<serde_json::Value, String> {
-    let output = std::process::Command::new(python)
+    let mut command = std::process::Command::new(python);
+    command
         .arg(script)
         .args(["--preset", preset, "--device", device])
         .args(["--batch", &batch.to_string(), "--steps", &steps.to_string()])
-        .args(["--sample-steps", &sample_steps.to_string()])
+        .args(["--sample-steps", &sample_steps.to_string()]);
+    if let Some(ops) = ops {
+        command.arg("--ops").arg(ops);
+    }
+    let output = command
         .output()
         .map_err(|e| format!("cannot run {python}: {e}"))?;
     if !output.status.success() {

@@ -1,4 +1,5 @@
 use crate::DropoutMasks;
+use crate::fused;
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
@@ -235,7 +236,7 @@ impl ResBlock {
         masks: Option<&mut DropoutMasks>,
     ) -> Tensor<4> {
         let resample = Resample::from_code(self.resample);
-        let h = resample.apply(silu(self.norm0.forward(x.clone())));
+        let h = resample.apply(fused::group_norm(&self.norm0, x.clone(), true));
         let x = resample.apply(x);
         let h = self.conv0.forward(h);
         let [n, c, _, _] = h.dims();
@@ -244,12 +245,10 @@ impl ResBlock {
             let t = t.reshape([n as i64, 2 * c as i64, 1, 1]);
             let scale = t.clone().narrow(1, 0, c);
             let shift = t.narrow(1, c, c);
-            self.norm1.forward(h) * (scale + 1.0) + shift
+            silu(fused::group_norm(&self.norm1, h, false) * (scale + 1.0) + shift)
         } else {
-            self.norm1
-                .forward(h + t.reshape([n as i64, c as i64, 1, 1]))
+            fused::group_norm(&self.norm1, h + t.reshape([n as i64, c as i64, 1, 1]), true)
         };
-        let h = silu(h);
         let h = match masks {
             Some(masks) => masks.apply(h, self.dropout),
             None => h,
@@ -307,7 +306,7 @@ impl AttentionBlock {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [n, c, h, w] = x.dims();
         let (heads, d) = (self.heads, c / self.heads);
-        let normed = self.norm.forward(x.clone());
+        let normed = fused::group_norm(&self.norm, x.clone(), false);
         // Each head sees its own slice of the channels.
         let split = |t: Tensor<4>| t.reshape([n, heads, d, h * w]);
         let q = split(self.query.forward(normed.clone())).swap_dims(2, 3); // [n, heads, hw, d]

@@ -127,6 +127,80 @@ impl Plan {
     }
 }
 
+/// One layer of a UNet's forward pass, with its shapes for one image (see [`UNetConfig::layers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Layer {
+    /// A 2-D convolution with a square `kernel` (padding `kernel / 2`) at `stride`, on an
+    /// input of `resolution` x `resolution`.
+    Conv {
+        /// Input channels.
+        in_channels: usize,
+        /// Output channels.
+        out_channels: usize,
+        /// Kernel side.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+        /// Input side.
+        resolution: usize,
+    },
+    /// A dense layer on one vector per image.
+    Linear {
+        /// Input width.
+        inputs: usize,
+        /// Output width.
+        outputs: usize,
+    },
+    /// A GroupNorm over `channels` at `resolution`, followed by SiLU where `silu`.
+    GroupNorm {
+        /// Channels.
+        channels: usize,
+        /// Side of the map.
+        resolution: usize,
+        /// Whether SiLU follows.
+        silu: bool,
+    },
+    /// A whole attention block (GroupNorm, the q, k, v and output projections, and
+    /// softmax(q k^T / sqrt(d)) v over `resolution`^2 positions in `heads` heads), as one layer
+    /// so that a profile times the model's own block.
+    Attention {
+        /// Channels (all heads together).
+        channels: usize,
+        /// Side of the map.
+        resolution: usize,
+        /// Heads.
+        heads: usize,
+    },
+}
+
+impl Layer {
+    /// FLOPs (multiply-adds times two) of the layer on one image; zero for a norm.
+    pub fn flops(&self) -> u64 {
+        match *self {
+            Self::Conv {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                resolution,
+            } => {
+                let out = resolution.div_ceil(stride);
+                2 * (in_channels * out_channels * kernel * kernel * out * out) as u64
+            }
+            Self::Linear { inputs, outputs } => 2 * (inputs * outputs) as u64,
+            Self::GroupNorm { .. } => 0,
+            Self::Attention {
+                channels,
+                resolution,
+                ..
+            } => {
+                let (hw, c) = ((resolution * resolution) as u64, channels as u64);
+                4 * 2 * c * c * hw + 2 * 2 * hw * hw * c
+            }
+        }
+    }
+}
+
 impl UNetConfig {
     /// The DDPM CIFAR-10 model: 128 channels, multipliers (1, 2, 2, 2), two residual blocks per
     /// level, attention at 16x16, dropout 0.1 (35.7M parameters).
@@ -407,55 +481,101 @@ impl UNetConfig {
     /// Multiply-adds times two (FLOPs) of one forward pass on one image, counting convolutions,
     /// linear layers and attention matrix products; norms and activations are left out.
     pub fn forward_flops(&self) -> u64 {
-        let conv = |cin: usize, cout: usize, k: usize, res: usize| -> u64 {
-            2 * (cin * cout * k * k * res * res) as u64
-        };
+        self.layers().iter().map(Layer::flops).sum()
+    }
+
+    /// Every layer of one forward pass in order, once per occurrence, with its shapes: what the
+    /// FLOP count sums and what `hayate bench throughput --phases` times op by op. Elementwise
+    /// work (residual sums, dropout, the timestep embedding's sinusoids) is left out.
+    pub fn layers(&self) -> Vec<Layer> {
         let temb = self.time_embed_dim();
-        let linear = |i: usize, o: usize| 2 * (i * o) as u64;
         let time_outputs = if self.scale_shift_norm { 2 } else { 1 };
-        let res_block = |b: &BlockPlan| -> u64 {
-            let mut f = conv(b.in_channels, b.out_channels, 3, b.resolution)
-                + conv(b.out_channels, b.out_channels, 3, b.resolution)
-                + linear(temb, time_outputs * b.out_channels);
-            if b.in_channels != b.out_channels {
-                f += conv(b.in_channels, b.out_channels, 1, b.resolution);
+        let conv = |in_channels, out_channels, kernel, resolution| Layer::Conv {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            resolution,
+        };
+        let norm = |channels, resolution, silu| Layer::GroupNorm {
+            channels,
+            resolution,
+            silu,
+        };
+        // `input_resolution` differs from the block's own where it resamples (resblock_updown):
+        // the first norm runs before the resampling, everything else after it.
+        let res_block = |layers: &mut Vec<Layer>, b: &BlockPlan, input_resolution: usize| {
+            let (i, o, r) = (b.in_channels, b.out_channels, b.resolution);
+            layers.push(norm(i, input_resolution, true));
+            layers.push(conv(i, o, 3, r));
+            layers.push(Layer::Linear {
+                inputs: temb,
+                outputs: time_outputs * o,
+            });
+            layers.push(norm(o, r, true));
+            layers.push(conv(o, o, 3, r));
+            if i != o {
+                layers.push(conv(i, o, 1, r));
             }
-            f
         };
-        let attention = |c: usize, res: usize| -> u64 {
-            let hw = (res * res) as u64;
-            4 * conv(c, c, 1, res) + 2 * 2 * hw * hw * c as u64
+        let attention = |layers: &mut Vec<Layer>, c: usize, r: usize| {
+            layers.push(Layer::Attention {
+                channels: c,
+                resolution: r,
+                heads: self.heads(c),
+            });
         };
-        let block = |b: &BlockPlan| {
-            res_block(b)
-                + if b.attention {
-                    attention(b.out_channels, b.resolution)
-                } else {
-                    0
-                }
+        let block = |layers: &mut Vec<Layer>, b: &BlockPlan| {
+            res_block(layers, b, b.resolution);
+            if b.attention {
+                attention(layers, b.out_channels, b.resolution);
+            }
         };
-        // Either a 3x3 convolution at the new resolution or a residual block working there.
-        let resample = |last: &BlockPlan, res: usize| -> u64 {
+        // Either a 3x3 convolution (strided down, or after a nearest upsampling) or a residual
+        // block that resamples.
+        let resample = |layers: &mut Vec<Layer>, last: &BlockPlan, res: usize| {
             let c = last.out_channels;
             if self.resblock_updown {
-                res_block(&BlockPlan {
+                let plan = BlockPlan {
                     in_channels: c,
                     out_channels: c,
                     resolution: res,
                     attention: false,
-                })
+                };
+                res_block(layers, &plan, last.resolution);
+            } else if res < last.resolution {
+                layers.push(Layer::Conv {
+                    in_channels: c,
+                    out_channels: c,
+                    kernel: 3,
+                    stride: 2,
+                    resolution: last.resolution,
+                });
             } else {
-                conv(c, c, 3, res)
+                layers.push(conv(c, c, 3, res));
             }
         };
         let plan = self.plan();
         let ch = self.base_channels;
-        let mut total = linear(ch, temb) + linear(temb, temb);
-        total += conv(self.image_channels, ch, 3, self.resolution);
+        let mut layers = vec![
+            Layer::Linear {
+                inputs: ch,
+                outputs: temb,
+            },
+            Layer::Linear {
+                inputs: temb,
+                outputs: temb,
+            },
+            conv(self.image_channels, ch, 3, self.resolution),
+        ];
         for (blocks, downsample) in &plan.down {
-            total += blocks.iter().map(block).sum::<u64>();
+            blocks.iter().for_each(|b| block(&mut layers, b));
             if *downsample {
-                total += resample(&blocks[blocks.len() - 1], blocks[0].resolution / 2);
+                resample(
+                    &mut layers,
+                    &blocks[blocks.len() - 1],
+                    blocks[0].resolution / 2,
+                );
             }
         }
         let (mc, mr) = plan.middle;
@@ -465,13 +585,21 @@ impl UNetConfig {
             resolution: mr,
             attention: false,
         };
-        total += 2 * res_block(&mid) + attention(mc, mr);
+        res_block(&mut layers, &mid, mr);
+        attention(&mut layers, mc, mr);
+        res_block(&mut layers, &mid, mr);
         for (blocks, upsample) in &plan.up {
-            total += blocks.iter().map(block).sum::<u64>();
+            blocks.iter().for_each(|b| block(&mut layers, b));
             if *upsample {
-                total += resample(&blocks[blocks.len() - 1], blocks[0].resolution * 2);
+                resample(
+                    &mut layers,
+                    &blocks[blocks.len() - 1],
+                    blocks[0].resolution * 2,
+                );
             }
         }
-        total + conv(ch, self.image_channels, 3, self.resolution)
+        layers.push(norm(ch, self.resolution, true));
+        layers.push(conv(ch, self.image_channels, 3, self.resolution));
+        layers
     }
 }

@@ -19,6 +19,7 @@ mod config;
 pub mod diffusers;
 mod dit;
 mod dropout;
+pub mod fused;
 mod network;
 mod unet;
 
@@ -26,7 +27,7 @@ pub use blocks::{
     AttentionBlock, Downsample, DownsamplePadding, ResBlock, ResBlockConfig, Resample,
     TimestepEmbedding, Upsample,
 };
-pub use config::{ModelConfigError, UNetConfig};
+pub use config::{Layer, ModelConfigError, UNetConfig};
 pub use diffusers::HostTensor;
 pub use dit::{DiT, DiTConfig};
 pub use dropout::{DropoutKey, DropoutMasks};

@@ -1,7 +1,6 @@
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, EmbeddingConfig, GroupNorm};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 
 use crate::blocks::{conv3x3, group_norm, zero_conv};
 use crate::config::BlockPlan;
@@ -263,13 +262,15 @@ impl UNet {
                 h = up.forward_masked(h, temb.clone(), masks.as_deref_mut());
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        self.conv_out
+            .forward(crate::fused::group_norm(&self.norm_out, h, true))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Layer;
 
     #[test]
     fn ddpm_cifar10_has_the_papers_parameter_count() {
@@ -406,5 +407,58 @@ mod tests {
         // The DDPM CIFAR-10 model is commonly quoted at about 6.1 GMACs (12.2 GFLOPs) per image.
         let gflops = large as f64 / 1e9;
         assert!((10.0..14.0).contains(&gflops), "{gflops} GFLOPs");
+        // Pinned against a count written apart from the layer list (in Python, from DDPM's
+        // layout), so the list and the FLOPs cannot drift together.
+        assert_eq!(large, 12_443_713_536);
+        assert_eq!(small, 580_927_488);
+    }
+
+    #[test]
+    fn the_layer_list_walks_the_network_in_order() {
+        let config = UNetConfig::ddpm_cifar10();
+        let layers = config.layers();
+        let convs = |k: usize, s: usize| {
+            layers
+                .iter()
+                .filter(|l| matches!(l, Layer::Conv { kernel, stride, .. } if *kernel == k && *stride == s))
+                .count()
+        };
+        // 2 per residual block (8 down, 2 middle, 12 up), the stem, the head, 3 upsamplers.
+        assert_eq!(convs(3, 1), 2 * 22 + 2 + 3);
+        assert_eq!(convs(3, 2), 3);
+        // Skip projections where the width changes: 128->256 down, and the up path's
+        // concatenations that are not 2 x the output width.
+        assert!(convs(1, 1) > 0);
+        let norms = layers
+            .iter()
+            .filter(|l| matches!(l, Layer::GroupNorm { silu: true, .. }))
+            .count();
+        assert_eq!(norms, 2 * 22 + 1);
+        // Attention at 16x16: two down, one in the middle (at 4x4), three up.
+        let attention: Vec<usize> = layers
+            .iter()
+            .filter_map(|l| match l {
+                Layer::Attention { resolution, .. } => Some(*resolution),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attention, [16, 16, 4, 16, 16, 16]);
+        assert_eq!(
+            layers.first(),
+            Some(&Layer::Linear {
+                inputs: 128,
+                outputs: 512
+            })
+        );
+        assert_eq!(
+            layers.last(),
+            Some(&Layer::Conv {
+                in_channels: 128,
+                out_channels: 3,
+                kernel: 3,
+                stride: 1,
+                resolution: 32
+            })
+        );
     }
 }

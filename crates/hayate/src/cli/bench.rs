@@ -4,9 +4,11 @@ use super::flags::{DataArgs, DeviceArgs, default_run_dir};
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use clap::Subcommand;
+use hayate_bench::ops::OpTiming;
 use hayate_bench::processor::Processor;
 use hayate_bench::throughput::Throughput;
 use hayate_data::Split;
+use hayate_model::{NetworkConfig, UNetConfig};
 use hayate_train::backend::BackendChoice;
 use hayate_train::config::RunConfig;
 use serde_json::{Value, json};
@@ -99,11 +101,23 @@ impl ThroughputArgs {
         let ours = hayate_bench::throughput::throughput(&run_config, steps, sample_steps, &device)?;
         print_ours(&name, batch, &why, &ours);
         let mut result = json!({ "hayate": ours, "device": why, "processor": processor });
-        if self.phases {
-            self.phases(&run_config, &device, &mut result)?;
+        let profile = if self.phases {
+            self.phases(&run_config, &device, &mut result)?
+        } else {
+            None
+        };
+        // The op list travels to PyTorch as a file, so it times the same shapes.
+        let spec = std::env::temp_dir().join(format!("hayate-ops-{}.json", std::process::id()));
+        if let Some((unet, ops)) = &profile {
+            hayate_bench::ops::write_spec(&spec, unet, ops, batch, self.steps as usize)?;
         }
         if !self.no_torch {
-            self.compare_with_torch(&name, &ours, &mut result);
+            let spec = profile.as_ref().map(|_| spec.as_path());
+            self.compare_with_torch(&name, &ours, &mut result, spec);
+        }
+        let _ = std::fs::remove_file(&spec);
+        if let Some((_, ops)) = &profile {
+            print_profile(ops, &result, batch);
         }
         if let Some(out) = &self.out {
             hayate_train::checkpoint::write_atomic(out, format!("{result:#}\n").as_bytes())?;
@@ -111,8 +125,14 @@ impl ThroughputArgs {
         Ok(())
     }
 
-    /// Times each phase of a step alone, and one 3x3 convolution, into `result`.
-    fn phases(&self, config: &RunConfig, device: &Device, result: &mut Value) -> Result<()> {
+    /// Times each phase of a step alone, one 3x3 convolution, and (for a UNet) every distinct
+    /// layer, into `result`; returns the layer profile.
+    fn phases(
+        &self,
+        config: &RunConfig,
+        device: &Device,
+        result: &mut Value,
+    ) -> Result<Option<(UNetConfig, Vec<OpTiming>)>> {
         let times = hayate_bench::throughput::phases(config, self.steps as usize, device)?;
         let total: f64 = times.iter().map(|(_, t)| t).sum();
         println!("  phases of a step, each timed alone ({total:.3} s in all):");
@@ -128,11 +148,23 @@ impl ThroughputArgs {
             self.batch
         );
         result["conv3x3"] = json!({ "forward": forward, "forward_backward": both });
-        Ok(())
+        let NetworkConfig::UNet(unet) = config.model.resolve()? else {
+            println!("  (the op-by-op profile lists a UNet's layers; this network is a DiT)");
+            return Ok(None);
+        };
+        let ops = hayate_bench::ops::profile(&unet, self.batch, self.steps as usize, device);
+        result["ops"] = json!(ops);
+        Ok(Some((unet, ops)))
     }
 
     /// PyTorch's figures for the same network, where it runs, and the ratios, into `result`.
-    fn compare_with_torch(&self, name: &str, ours: &Throughput, result: &mut Value) {
+    fn compare_with_torch(
+        &self,
+        name: &str,
+        ours: &Throughput,
+        result: &mut Value,
+        ops: Option<&std::path::Path>,
+    ) {
         let python = self
             .python
             .clone()
@@ -161,6 +193,7 @@ impl ThroughputArgs {
             self.steps,
             self.sample_steps,
             torch_device,
+            ops,
         );
         match torch {
             Ok(torch) => {
@@ -218,6 +251,34 @@ fn print_ratios(ours: &Throughput, torch: &Value, result: &Value) {
             t(theirs, "forward") / t(ours, "forward"),
             t(theirs, "forward_backward") / t(ours, "forward_backward")
         );
+    }
+}
+
+/// The op-by-op table, PyTorch's times beside hayate's where it ran, and the phases side by side.
+fn print_profile(ops: &[OpTiming], result: &Value, batch: usize) {
+    let torch = &result["torch"];
+    let torch_ops: Option<Vec<Vec<(String, f64)>>> =
+        serde_json::from_value(torch["ops"].clone()).ok();
+    println!(
+        "\nop by op, batch {batch}, each timed alone (ms per call; speed = PyTorch time / hayate time):\n"
+    );
+    print!(
+        "{}",
+        hayate_bench::ops::table(ops, torch_ops.as_deref(), batch)
+    );
+    if let (Some(ours), Some(theirs)) = (result["phases"].as_array(), torch["phases"].as_object()) {
+        println!("\nphases of a step, each timed alone (s):\n");
+        println!("| phase | hayate s | PyTorch s | hayate speed |\n| --- | --- | --- | --- |");
+        for phase in ours {
+            let (Some(name), Some(t)) = (phase[0].as_str(), phase[1].as_f64()) else {
+                continue;
+            };
+            let (theirs, speed) = match theirs.get(name).and_then(Value::as_f64) {
+                Some(p) => (format!("{p:.4}"), format!("{:.2}x", p / t.max(1e-12))),
+                None => ("-".into(), "-".into()),
+            };
+            println!("| {name} | {t:.4} | {theirs} | {speed} |");
+        }
     }
 }
 

@@ -24,6 +24,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
+    /// Run Burn's composed ops where hayate has fused ones (GroupNorm with SiLU on the CPU
+    /// backend): the path to time or check the fused ops against.
+    #[arg(long, global = true)]
+    pub composed_ops: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -65,6 +69,7 @@ pub enum Command {
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    hayate_model::fused::set_fused(!cli.composed_ops);
     match cli.command {
         Command::Train(args) => args.run(),
         Command::Sample(args) => args.run(),
