@@ -1,15 +1,16 @@
 //! The op-by-op profile of a UNet's training step (`hayate bench throughput --phases`): every
 //! distinct layer of [`UNetConfig::layers`] timed alone at the step's batch size, forward and
 //! backward apart (a convolution's input and weight gradients apart too), so a table can set
-//! each beside PyTorch's time for the same shapes (`benches/torch_throughput.py --ops`).
+//! each beside PyTorch's time for the same shapes (`benches/torch_throughput.py --ops`). Each
+//! layer runs as the model runs it: hayate's fused ops where they are on (`--composed-ops`
+//! times Burn's instead).
 
-use burn::nn::GroupNormConfig;
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::{GroupNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::silu;
-use burn::tensor::module::{conv2d, linear};
-use burn::tensor::ops::ConvOptions;
-use hayate_model::{AttentionBlock, Layer, UNetConfig};
+use burn::tensor::module::linear;
+use hayate_model::{AttentionBlock, Layer, UNetConfig, fused};
 use serde::Serialize;
 use std::path::Path;
 use std::time::Instant;
@@ -154,24 +155,26 @@ fn time_layer(
             stride,
             resolution,
         } => {
-            let x = random([batch, in_channels, resolution, resolution], device);
-            let w = random([out_channels, in_channels, kernel, kernel], device);
-            let b = random([out_channels], device);
             let pad = kernel / 2;
-            let options = ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1);
-            let conv =
-                |x: Tensor<4>, w: Tensor<4>, b: Tensor<1>| conv2d(x, w, Some(b), options.clone());
-            let forward = seconds(repeats, || wait(conv(x.clone(), w.clone(), b.clone())));
+            let config = Conv2dConfig::new([in_channels, out_channels], [kernel; 2])
+                .with_stride([stride; 2])
+                .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad));
+            let conv = config.init(device);
+            // The input gradient alone: the parameters held constant. (A second module: a
+            // clone would share the first's lazily initialised, tracked parameters.)
+            let frozen = config.init(device).no_grad();
+            let x = random([batch, in_channels, resolution, resolution], device);
+            let forward = seconds(repeats, || wait(fused::conv2d(&frozen, x.clone())));
             let input = seconds(repeats, || {
                 let x = x.clone().require_grad();
-                let grads = conv(x.clone(), w.clone(), b.clone()).sum().backward();
+                let grads = fused::conv2d(&frozen, x.clone()).sum().backward();
                 wait(x.grad(&grads).expect("x is tracked"));
             });
             let weight = seconds(repeats, || {
-                let (w, b) = (w.clone().require_grad(), b.clone().require_grad());
-                let grads = conv(x.clone(), w.clone(), b.clone()).sum().backward();
-                wait(w.grad(&grads).expect("w is tracked"));
-                wait(b.grad(&grads).expect("b is tracked"));
+                let grads = fused::conv2d(&conv, x.clone()).sum().backward();
+                wait(conv.weight.grad(&grads).expect("the weight is tracked"));
+                let bias = conv.bias.as_ref().expect("the convolution has a bias");
+                wait(bias.grad(&grads).expect("the bias is tracked"));
             });
             vec![
                 ("forward".into(), forward),
@@ -212,10 +215,7 @@ fn time_layer(
                 .with_epsilon(unet.norm_eps)
                 .init(device);
             let x = random([batch, channels, resolution, resolution], device);
-            let run = |x: Tensor<4>| {
-                let y = norm.forward(x);
-                if with_silu { silu(y) } else { y }
-            };
+            let run = |x: Tensor<4>| fused::group_norm(&norm, x, with_silu);
             let forward = seconds(repeats, || wait(run(x.clone())));
             let both = seconds(repeats, || {
                 let x = x.clone().require_grad();

@@ -230,7 +230,8 @@ pub fn phases(config: &RunConfig, steps: usize, device: &Device) -> Result<Vec<(
 
 /// Seconds for one 3x3 convolution (128 to 128 channels at 32x32, padding 1: the most common
 /// layer of the DDPM CIFAR-10 UNet, 2.4 GFLOP at batch 8) forward, and forward plus backward, at
-/// `batch`: the kernel that dominates a step, timed alone. Averages over `repeats` after one
+/// `batch`: the kernel that dominates a step, timed alone, as the model runs it (hayate's
+/// im2col convolution on the CPU unless `--composed-ops`). Averages over `repeats` after one
 /// warm-up.
 pub fn conv_kernel(batch: usize, repeats: usize, device: &Device) -> (f64, f64) {
     use burn::nn::PaddingConfig2d;
@@ -248,7 +249,7 @@ pub fn conv_kernel(batch: usize, repeats: usize, device: &Device) -> (f64, f64) 
         let mut total = 0.0;
         for i in 0..=repeats {
             let started = Instant::now();
-            let y = conv.forward(x.clone()).sum();
+            let y = hayate_model::fused::conv2d(&conv, x.clone()).sum();
             if backward {
                 let grads = y.backward();
                 let g = conv.weight.grad(&grads).expect("the weight has a gradient");

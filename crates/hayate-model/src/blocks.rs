@@ -238,7 +238,7 @@ impl ResBlock {
         let resample = Resample::from_code(self.resample);
         let h = resample.apply(fused::group_norm(&self.norm0, x.clone(), true));
         let x = resample.apply(x);
-        let h = self.conv0.forward(h);
+        let h = fused::conv2d(&self.conv0, h);
         let [n, c, _, _] = h.dims();
         let t = self.time_proj.forward(silu(temb));
         let h = if self.scale_shift {
@@ -253,9 +253,9 @@ impl ResBlock {
             Some(masks) => masks.apply(h, self.dropout),
             None => h,
         };
-        let h = self.conv1.forward(h);
+        let h = fused::conv2d(&self.conv1, h);
         let skip = match &self.skip {
-            Some(conv) => conv.forward(x),
+            Some(conv) => fused::conv2d(conv, x),
             None => x,
         };
         skip + h
@@ -309,12 +309,12 @@ impl AttentionBlock {
         let normed = fused::group_norm(&self.norm, x.clone(), false);
         // Each head sees its own slice of the channels.
         let split = |t: Tensor<4>| t.reshape([n, heads, d, h * w]);
-        let q = split(self.query.forward(normed.clone())).swap_dims(2, 3); // [n, heads, hw, d]
-        let k = split(self.key.forward(normed.clone())); // [n, heads, d, hw]
-        let v = split(self.value.forward(normed)).swap_dims(2, 3); // [n, heads, hw, d]
+        let q = split(fused::conv2d(&self.query, normed.clone())).swap_dims(2, 3); // [n, heads, hw, d]
+        let k = split(fused::conv2d(&self.key, normed.clone())); // [n, heads, d, hw]
+        let v = split(fused::conv2d(&self.value, normed)).swap_dims(2, 3); // [n, heads, hw, d]
         let weights = softmax(q.matmul(k) * (1.0 / (d as f64).sqrt()), 3); // [n, heads, hw, hw]
         let attended = weights.matmul(v).swap_dims(2, 3).reshape([n, c, h, w]);
-        x + self.out.forward(attended)
+        x + fused::conv2d(&self.out, attended)
     }
 }
 
@@ -341,7 +341,7 @@ impl Downsample {
     /// - `x`: `[batch, channels, h, w]` (h, w even)
     /// - output: `[batch, channels, h / 2, w / 2]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(x)
+        fused::conv2d(&self.conv, x)
     }
 }
 
@@ -363,7 +363,7 @@ impl Upsample {
     /// - `x`: `[batch, channels, h, w]`
     /// - output: `[batch, channels, 2h, 2w]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(nearest_up(x))
+        fused::conv2d(&self.conv, nearest_up(x))
     }
 }
 

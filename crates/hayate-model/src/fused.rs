@@ -7,6 +7,7 @@
 //! side and checked against each other.
 
 use burn::nn::GroupNorm;
+use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,8 +51,49 @@ fn group_norm_on(norm: &GroupNorm, x: Tensor<4>, with_silu: bool, on: bool) -> T
             with_silu,
         );
     }
+    #[cfg(not(feature = "cpu"))]
+    let _ = on;
     let y = norm.forward(x);
     if with_silu { silu(y) } else { y }
+}
+
+/// `conv.forward(x)`: on the CPU backend, for an f32 convolution with a bias, no groups and no
+/// dilation, im2col over the whole batch and one matrix product each for the output, the input
+/// gradient and the weight gradient (flex runs a product per image and 512-pixel tile, and its
+/// weight gradient as a convolution over swapped dimensions); Burn's convolution otherwise.
+///
+/// # Shapes
+/// - `x`: `[batch, in_channels, h, w]`
+/// - output: `[batch, out_channels, h_out, w_out]`
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    conv2d_on(conv, x, fused())
+}
+
+/// [`conv2d`] with the switch given rather than read.
+fn conv2d_on(conv: &Conv2d, x: Tensor<4>, on: bool) -> Tensor<4> {
+    #[cfg(feature = "cpu")]
+    if let (true, Some(bias), Some(padding)) = (on, &conv.bias, explicit(&conv.padding))
+        && conv.groups == 1
+        && conv.dilation == [1, 1]
+        && cpu::runs_fused(&x)
+    {
+        return cpu::conv2d(x, conv.weight.val(), bias.val(), conv.stride, padding);
+    }
+    #[cfg(not(feature = "cpu"))]
+    let _ = on;
+    conv.forward(x)
+}
+
+/// A padding as (top, left, bottom, right), where it does not depend on the input (`Same`
+/// does, and stays with Burn).
+#[cfg(feature = "cpu")]
+fn explicit(padding: &burn::nn::PaddingConfig2d) -> Option<[usize; 4]> {
+    use burn::nn::PaddingConfig2d as P;
+    match *padding {
+        P::Valid => Some([0; 4]),
+        P::Explicit(top, left, bottom, right) => Some([top, left, bottom, right]),
+        _ => None,
+    }
 }
 
 #[cfg(feature = "cpu")]
@@ -89,6 +131,344 @@ mod cpu {
             epsilon,
             with_silu,
         ))
+    }
+
+    pub fn conv2d(
+        x: Tensor<4>,
+        weight: Tensor<4>,
+        bias: Tensor<1>,
+        stride: [usize; 2],
+        [top, left, bottom, right]: [usize; 4],
+    ) -> Tensor<4> {
+        Tensor::from_dispatch(<burn::backend::Dispatch as FusedConv>::conv2d_im2col(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            stride[0],
+            stride[1],
+            top,
+            bottom,
+            left,
+            right,
+        ))
+    }
+
+    /// The convolution as Burn dispatches it: to flex, and to autodiff over flex.
+    #[backend_extension(Flex, Autodiff)]
+    pub trait FusedConv: Backend {
+        /// A convolution of `x` ([n, c_in, h, w]) by `weight` ([c_out, c_in, kh, kw]) plus
+        /// `bias` ([c_out]), at the strides, with the zero padding on each side.
+        #[allow(clippy::too_many_arguments)]
+        fn conv2d_im2col(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            bias: FloatTensor<Self>,
+            stride_h: usize,
+            stride_w: usize,
+            top: usize,
+            bottom: usize,
+            left: usize,
+            right: usize,
+        ) -> FloatTensor<Self>;
+    }
+
+    /// A convolution's geometry: strides and padding (top, bottom, left, right).
+    #[derive(Debug, Clone, Copy)]
+    pub struct Geometry {
+        stride: [usize; 2],
+        pad: [usize; 4],
+    }
+
+    /// The kernels behind [`FusedConv`] on a backend without autodiff.
+    pub trait ConvKernels: Backend {
+        fn conv_forward(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            bias: FloatTensor<Self>,
+            geometry: Geometry,
+        ) -> FloatTensor<Self>;
+
+        /// The gradients of `x`, `weight` and `bias`, each where `need` says.
+        fn conv_backward(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            geometry: Geometry,
+            need: [bool; 3],
+        ) -> [Option<FloatTensor<Self>>; 3];
+    }
+
+    impl FusedConv for Flex {
+        fn conv2d_im2col(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            bias: FloatTensor<Self>,
+            stride_h: usize,
+            stride_w: usize,
+            top: usize,
+            bottom: usize,
+            left: usize,
+            right: usize,
+        ) -> FloatTensor<Self> {
+            let geometry = Geometry {
+                stride: [stride_h, stride_w],
+                pad: [top, bottom, left, right],
+            };
+            Self::conv_forward(x, weight, bias, geometry)
+        }
+    }
+
+    impl<B: ConvKernels, C: CheckpointStrategy> FusedConv for Autodiff<B, C> {
+        fn conv2d_im2col(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            bias: FloatTensor<Self>,
+            stride_h: usize,
+            stride_w: usize,
+            top: usize,
+            bottom: usize,
+            left: usize,
+            right: usize,
+        ) -> FloatTensor<Self> {
+            #[derive(Debug)]
+            struct ConvBackward;
+
+            impl<B: ConvKernels> Backward<B, 3> for ConvBackward {
+                type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive, Geometry);
+
+                fn backward(
+                    self,
+                    ops: Ops<Self::State, 3>,
+                    grads: &mut Gradients,
+                    _checkpointer: &mut Checkpointer,
+                ) {
+                    let [node_x, node_weight, node_bias] = ops.parents;
+                    let grad = grads.consume::<B>(&ops.node);
+                    let (x, weight, geometry) = ops.state;
+                    // Only the gradients wanted: not the input's for the network's first layer.
+                    let need = [node_x.is_some(), node_weight.is_some(), node_bias.is_some()];
+                    let [dx, dw, db] = B::conv_backward(x, weight, grad, geometry, need);
+                    for (node, g) in [(node_x, dx), (node_weight, dw), (node_bias, db)] {
+                        if let (Some(node), Some(g)) = (node, g) {
+                            grads.register::<B>(node.id, g);
+                        }
+                    }
+                }
+            }
+
+            let geometry = Geometry {
+                stride: [stride_h, stride_w],
+                pad: [top, bottom, left, right],
+            };
+            let nodes = [x.node(), weight.node(), bias.node()];
+            let (x, weight, bias) = (
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+            );
+            match ConvBackward.prepare::<C>(nodes).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => {
+                    let out = B::conv_forward(x.clone(), weight.clone(), bias, geometry);
+                    prep.finish((x, weight, geometry), out)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::conv_forward(x, weight, bias, geometry)),
+            }
+        }
+    }
+
+    /// Sizes of a convolution on a batch.
+    #[derive(Clone, Copy)]
+    struct ConvSizes {
+        n: usize,
+        c_in: usize,
+        h: usize,
+        w: usize,
+        c_out: usize,
+        kh: usize,
+        kw: usize,
+        oh: usize,
+        ow: usize,
+        g: Geometry,
+    }
+
+    impl ConvSizes {
+        fn of(x: &[usize], weight: &[usize], g: Geometry) -> Self {
+            let [n, c_in, h, w] = [x[0], x[1], x[2], x[3]];
+            let [c_out, c_w, kh, kw] = [weight[0], weight[1], weight[2], weight[3]];
+            assert_eq!(
+                c_in, c_w,
+                "convolution: input channels {c_in}, weight's {c_w}"
+            );
+            let [top, bottom, left, right] = g.pad;
+            let (ph, pw) = (h + top + bottom, w + left + right);
+            assert!(
+                ph >= kh && pw >= kw,
+                "convolution: kernel {kh}x{kw} exceeds the padded input {ph}x{pw}"
+            );
+            Self {
+                n,
+                c_in,
+                h,
+                w,
+                c_out,
+                kh,
+                kw,
+                oh: (ph - kh) / g.stride[0] + 1,
+                ow: (pw - kw) / g.stride[1] + 1,
+                g,
+            }
+        }
+
+        /// Rows of the column matrix: one per input channel and kernel position.
+        fn k(&self) -> usize {
+            self.c_in * self.kh * self.kw
+        }
+
+        fn out_plane(&self) -> usize {
+            self.oh * self.ow
+        }
+
+        /// For kernel offset `ky` (or `kx`), the output rows (columns) whose input row
+        /// (column) lies inside the image: [first, end), and the input index at `first`.
+        fn valid(&self, offset: usize, axis: usize) -> (usize, usize) {
+            let (stride, before, size, out) = match axis {
+                0 => (self.g.stride[0], self.g.pad[0], self.h, self.oh),
+                _ => (self.g.stride[1], self.g.pad[2], self.w, self.ow),
+            };
+            // input = o * stride + offset - before, inside [0, size)
+            let first = before.saturating_sub(offset).div_ceil(stride);
+            let end = if size + before > offset {
+                ((size + before - offset - 1) / stride + 1).min(out)
+            } else {
+                0
+            };
+            (first.min(end), end)
+        }
+    }
+
+    /// The column matrix [k, n * oh * ow] of `x`: row (c, ky, kx) holds, for every image and
+    /// output position, the input value that kernel position multiplies (zero in the padding).
+    fn im2col(x: &[f32], s: &ConvSizes) -> Vec<f32> {
+        let cols = s.n * s.out_plane();
+        let mut col = vec![0f32; s.k() * cols];
+        let (sh, sw) = (s.g.stride[0], s.g.stride[1]);
+        col.par_chunks_mut(cols).enumerate().for_each(|(row, out)| {
+            let (c, ky, kx) = (row / (s.kh * s.kw), row / s.kw % s.kh, row % s.kw);
+            let (y0, y1) = s.valid(ky, 0);
+            let (x0, x1) = s.valid(kx, 1);
+            for b in 0..s.n {
+                let plane = &x[(b * s.c_in + c) * s.h * s.w..][..s.h * s.w];
+                let out = &mut out[b * s.out_plane()..][..s.out_plane()];
+                for oy in y0..y1 {
+                    let iy = oy * sh + ky - s.g.pad[0];
+                    let src = &plane[iy * s.w..][..s.w];
+                    let dst = &mut out[oy * s.ow..][..s.ow];
+                    if sw == 1 {
+                        let ix0 = x0 + kx - s.g.pad[2];
+                        dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
+                    } else {
+                        for ox in x0..x1 {
+                            dst[ox] = src[ox * sw + kx - s.g.pad[2]];
+                        }
+                    }
+                }
+            }
+        });
+        col
+    }
+
+    fn flex_matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+        <Flex as burn::backend::ops::FloatTensorOps<Flex>>::float_matmul(lhs, rhs)
+    }
+
+    impl ConvKernels for Flex {
+        fn conv_forward(
+            x: FlexTensor,
+            weight: FlexTensor,
+            bias: FlexTensor,
+            geometry: Geometry,
+        ) -> FlexTensor {
+            let (x_shape, x) = values(&x);
+            let (w_shape, w) = values(&weight);
+            let (_, bias) = values(&bias);
+            let s = ConvSizes::of(&x_shape, &w_shape, geometry);
+            let col = tensor(im2col(&x, &s), vec![s.k(), s.n * s.out_plane()]);
+            let w = tensor(w.into_owned(), vec![s.c_out, s.k()]);
+            let plane = s.out_plane();
+            let mut out = vec![0f32; s.n * s.c_out * plane];
+            // [c_out, k] x [k, n * oh * ow]: the whole batch in one product. (The transposed
+            // product, col^T x W^T, measured slower here; for the weight gradient it is faster.)
+            let product = flex_matmul(w, col);
+            let (_, product) = values(&product);
+            // Back to [n, c_out, oh, ow], with the bias.
+            out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+                let (b, c) = (i / s.c_out, i % s.c_out);
+                let src = &product[(c * s.n + b) * plane..][..plane];
+                for (d, v) in dst.iter_mut().zip(src) {
+                    *d = v + bias[c];
+                }
+            });
+            tensor(out, vec![s.n, s.c_out, s.oh, s.ow])
+        }
+
+        fn conv_backward(
+            x: FlexTensor,
+            weight: FlexTensor,
+            grad: FlexTensor,
+            geometry: Geometry,
+            [need_x, need_w, need_b]: [bool; 3],
+        ) -> [Option<FlexTensor>; 3] {
+            // The input gradient is Burn's (a transposed convolution): through the column
+            // matrix it would write and re-read k x n x oh x ow values for as few as c_out
+            // multiply-adds each, which measured slower.
+            let [top, bottom, left, right] = geometry.pad;
+            let options = burn::tensor::ops::ConvOptions::new_with_padding(
+                geometry.stride,
+                [(top, bottom), (left, right)],
+                [1, 1],
+                1,
+            );
+            let dx = need_x.then(|| {
+                <Flex as burn::backend::ops::ModuleOps<Flex>>::conv2d_x_backward(
+                    x.clone(),
+                    weight.clone(),
+                    grad.clone(),
+                    options,
+                )
+            });
+            if !(need_w || need_b) {
+                return [dx, None, None];
+            }
+            let (x_shape, x) = values(&x);
+            let w_shape = weight.layout().shape().to_vec();
+            let (_, grad) = values(&grad);
+            let s = ConvSizes::of(&x_shape, &w_shape, geometry);
+            let plane = s.out_plane();
+            let cols = s.n * plane;
+            // The output gradient as [c_out, n * oh * ow], the layout of the product.
+            let mut dy = vec![0f32; s.c_out * cols];
+            dy.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+                let (c, b) = (i / s.n, i % s.n);
+                dst.copy_from_slice(&grad[(b * s.c_out + c) * plane..][..plane]);
+            });
+            let db = need_b.then(|| {
+                let db: Vec<f32> = dy
+                    .par_chunks(cols)
+                    .map(|row| row.iter().map(|&v| v as f64).sum::<f64>() as f32)
+                    .collect();
+                tensor(db, vec![s.c_out])
+            });
+            let dw = need_w.then(|| {
+                let dy = tensor(dy, vec![s.c_out, cols]);
+                let col = tensor(im2col(&x, &s), vec![s.k(), cols]);
+                // dW^T = col [k, cols] x dY^T [cols, c_out]: one product over the whole batch.
+                let dwt = flex_matmul(col, dy.transpose(0, 1));
+                dwt.transpose(0, 1)
+                    .to_contiguous()
+                    .reshape(burn::tensor::Shape::from(w_shape.clone()))
+            });
+            [dx, dw, db]
+        }
     }
 
     /// The fused op as Burn dispatches it: to flex, and to autodiff over flex.
@@ -441,7 +821,10 @@ mod tests {
             &device,
         );
         // Otherwise both runs below would take the composed path and agree trivially.
-        assert!(cpu::runs_fused(&x), "the CPU backend must take the fused path");
+        assert!(
+            cpu::runs_fused(&x),
+            "the CPU backend must take the fused path"
+        );
         // A random upstream gradient, so every output element weighs differently.
         let upstream = Tensor::<4>::random(x.shape(), Distribution::Normal(0.0, 1.0), &device);
         let run = |on: bool| {
@@ -492,6 +875,146 @@ mod tests {
             (1, 7, 7, [3, 3], true),
         ] {
             check(batch, channels, groups, side, with_silu);
+        }
+    }
+
+    /// The im2col convolution against Burn's, output and every gradient, on one shape.
+    #[allow(clippy::too_many_arguments)]
+    fn check_conv(
+        batch: usize,
+        [c_in, c_out]: [usize; 2],
+        kernel: [usize; 2],
+        side: [usize; 2],
+        stride: [usize; 2],
+        padding: burn::nn::PaddingConfig2d,
+        input_grad: bool,
+    ) {
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex().autodiff();
+        let conv = Conv2dConfig::new([c_in, c_out], kernel)
+            .with_stride(stride)
+            .with_padding(padding.clone())
+            .init(&device);
+        let x = Tensor::<4>::random(
+            [batch, c_in, side[0], side[1]],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        assert!(
+            cpu::runs_fused(&x),
+            "the CPU backend must take the fused path"
+        );
+        // One random upstream gradient for both paths.
+        let upstream = Tensor::<4>::random(
+            conv.forward(x.clone()).shape(),
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let run = |on: bool| {
+            let x = if input_grad {
+                x.clone().require_grad()
+            } else {
+                x.clone()
+            };
+            let y = conv2d_on(&conv, x.clone(), on);
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            (
+                y.without_autodiff(),
+                input_grad.then(|| x.grad(&grads).unwrap()),
+                conv.weight.grad(&grads).unwrap(),
+                conv.bias.as_ref().unwrap().grad(&grads).unwrap(),
+            )
+        };
+        let (composed, fused) = (run(false), run(true));
+        let what = format!(
+            "batch {batch}, {c_in}->{c_out}, kernel {kernel:?}, {side:?}, stride {stride:?}, {padding:?}"
+        );
+        assert_eq!(fused.0.dims(), composed.0.dims(), "{what}");
+        let mut errors = vec![
+            ("output", max_error(fused.0, composed.0)),
+            ("weight gradient", max_error(fused.2, composed.2)),
+            ("bias gradient", max_error(fused.3, composed.3)),
+        ];
+        if let (Some(a), Some(b)) = (fused.1, composed.1) {
+            errors.push(("input gradient", max_error(a, b)));
+        }
+        for (name, error) in errors {
+            assert!(error < 1e-5, "{name} differs by {error:e} ({what})");
+        }
+    }
+
+    #[test]
+    fn im2col_convolution_equals_burns_forward_and_backward_over_many_shapes() {
+        use burn::nn::PaddingConfig2d::{Explicit, Valid};
+        for (batch, channels, kernel, side, stride, padding, input_grad) in [
+            (
+                2,
+                [8, 16],
+                [3, 3],
+                [8, 8],
+                [1, 1],
+                Explicit(1, 1, 1, 1),
+                true,
+            ),
+            (
+                1,
+                [3, 5],
+                [3, 3],
+                [7, 9],
+                [1, 1],
+                Explicit(1, 1, 1, 1),
+                true,
+            ),
+            (
+                3,
+                [6, 4],
+                [3, 3],
+                [8, 8],
+                [2, 2],
+                Explicit(1, 1, 1, 1),
+                true,
+            ),
+            // DDPM's downsampler: padding only after (bottom and right), stride 2.
+            (
+                2,
+                [4, 4],
+                [3, 3],
+                [8, 8],
+                [2, 2],
+                Explicit(0, 0, 1, 1),
+                true,
+            ),
+            (2, [5, 7], [1, 1], [6, 6], [1, 1], Valid, true),
+            (1, [9, 3], [3, 3], [5, 5], [1, 1], Valid, true),
+            (
+                2,
+                [4, 6],
+                [2, 3],
+                [7, 6],
+                [2, 1],
+                Explicit(2, 0, 1, 2),
+                true,
+            ),
+            (
+                1,
+                [3, 8],
+                [3, 3],
+                [4, 4],
+                [1, 1],
+                Explicit(1, 1, 1, 1),
+                false,
+            ),
+            (
+                2,
+                [2, 3],
+                [5, 5],
+                [3, 3],
+                [1, 1],
+                Explicit(2, 2, 2, 2),
+                true,
+            ),
+        ] {
+            check_conv(batch, channels, kernel, side, stride, padding, input_grad);
         }
     }
 

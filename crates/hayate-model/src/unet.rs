@@ -226,7 +226,7 @@ impl UNet {
             let [_, width] = temb.dims();
             temb = temb + embed.forward(labels.reshape([n, 1])).reshape([n, width]);
         }
-        let mut h = self.conv_in.forward(x);
+        let mut h = crate::fused::conv2d(&self.conv_in, x);
         let mut skips = vec![h.clone()];
         for level in &self.down {
             for stage in &level.stages {
@@ -262,8 +262,10 @@ impl UNet {
                 h = up.forward_masked(h, temb.clone(), masks.as_deref_mut());
             }
         }
-        self.conv_out
-            .forward(crate::fused::group_norm(&self.norm_out, h, true))
+        crate::fused::conv2d(
+            &self.conv_out,
+            crate::fused::group_norm(&self.norm_out, h, true),
+        )
     }
 }
 

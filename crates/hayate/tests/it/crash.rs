@@ -7,27 +7,11 @@
 
 use crate::common;
 
-use common::{metrics, parameters};
+use common::{hayate_train as hayate, metrics, parameters};
 use hayate_train::checkpoint::Checkpoint;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-
-/// `hayate train` on the CPU backend for `config` into `run`.
-fn hayate(config: &Path, run: &Path, data: &Path, resume: bool) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hayate"));
-    cmd.args(["train", "--backend", "cpu", "--config"])
-        .arg(config)
-        .arg("--out")
-        .arg(run)
-        .arg("--data-dir")
-        .arg(data)
-        .stdin(Stdio::null());
-    if resume {
-        cmd.arg("--resume");
-    }
-    cmd
-}
 
 /// A tiny run that checkpoints after every step, so kills land in checkpoint writes often.
 fn write_config(dir: &Path, steps: u64) -> std::path::PathBuf {
@@ -58,9 +42,9 @@ fn killed_runs_always_leave_a_loadable_checkpoint_and_resume_exactly() {
     let output = hayate(&config, &straight, &data, false).output().unwrap();
     assert!(output.status.success(), "{}", text(&output));
 
-    // Every other kill comes after a delay spread over start-up, steps and writes (a fixed
-    // sequence, so a failure reproduces); the others come the moment a checkpoint file (final
-    // or temporary) is seen part written. Each time the run resumes from what the last process
+    // Every other kill comes the moment a checkpoint file (final or temporary) is seen part
+    // written; the others after a delay spread over start-up, steps and writes (a fixed
+    // sequence, so a failure reproduces). Each time the run resumes from what the last process
     // left.
     let full_size = std::fs::metadata(Checkpoint::latest(&straight).unwrap())
         .unwrap()
@@ -80,7 +64,9 @@ fn killed_runs_always_leave_a_loadable_checkpoint_and_resume_exactly() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        if round % 2 == 0 {
+        // The first kill waits for a write: a run fast enough to finish within one delay
+        // (the fused CPU ops made it so) still gets killed mid-write.
+        if round % 2 == 1 {
             std::thread::sleep(delay);
         } else if wait_for_partial_checkpoint(&run, full_size, Duration::from_secs(8)) {
             mid_write_kills += 1;

@@ -10,5 +10,6 @@ mod crash;
 mod data;
 mod diffusers;
 mod fid;
+mod fused_ops;
 mod train_cpu;
 mod train_folder;

@@ -9,6 +9,7 @@ use hayate_train::config::RunConfig;
 use hayate_train::step::DenoisingModel;
 use hayate_train::train::{TrainOptions, TrainReport};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
 /// Trains as `hayate train` does: with the sample grid, FID and chart hooks.
@@ -133,6 +134,22 @@ pub fn parameters(checkpoint: &Checkpoint, section: &str) -> Vec<f32> {
         };
         module_parameters(&model.load_record(record))
     }
+}
+
+/// `hayate train` on the CPU backend for `config` into `run`, as a child process.
+pub fn hayate_train(config: &Path, run: &Path, data: &Path, resume: bool) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hayate"));
+    cmd.args(["train", "--backend", "cpu", "--config"])
+        .arg(config)
+        .arg("--out")
+        .arg(run)
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(Stdio::null());
+    if resume {
+        cmd.arg("--resume");
+    }
+    cmd
 }
 
 /// The lines of a run's metrics.jsonl whose event is `event`.
