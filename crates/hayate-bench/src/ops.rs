@@ -143,10 +143,6 @@ fn time_layer(
     repeats: usize,
     device: &Device,
 ) -> Vec<(String, f64)> {
-    // A backward part is timed with its forward and the forward's time taken off: the graph a
-    // backward pass walks exists only after a forward pass.
-    let backward =
-        |name: &str, both: f64, forward: f64| (name.to_string(), (both - forward).max(0.0));
     match *layer {
         Layer::Conv {
             in_channels,
@@ -245,8 +241,14 @@ fn forward_and_backward(
     });
     vec![
         ("forward".into(), forward),
-        ("backward".into(), (both - forward).max(0.0)),
+        backward("backward", both, forward),
     ]
+}
+
+/// A backward part, timed with its forward and the forward's time taken off: the graph a
+/// backward pass walks exists only after a forward pass.
+fn backward(name: &str, both: f64, forward: f64) -> (String, f64) {
+    (name.to_string(), (both - forward).max(0.0))
 }
 
 /// The profile as a Markdown table, each part's time beside PyTorch's (`torch`: the script's
