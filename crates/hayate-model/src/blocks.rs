@@ -4,7 +4,7 @@ use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
 use serde::{Deserialize, Serialize};
@@ -312,7 +312,7 @@ impl AttentionBlock {
         let q = split(fused::conv2d(&self.query, normed.clone())).swap_dims(2, 3); // [n, heads, hw, d]
         let k = split(fused::conv2d(&self.key, normed.clone())); // [n, heads, d, hw]
         let v = split(fused::conv2d(&self.value, normed)).swap_dims(2, 3); // [n, heads, hw, d]
-        let weights = softmax(q.matmul(k) * (1.0 / (d as f64).sqrt()), 3); // [n, heads, hw, hw]
+        let weights = fused::softmax_last(q.matmul(k) * (1.0 / (d as f64).sqrt())); // [n, heads, hw, hw]
         let attended = weights.matmul(v).swap_dims(2, 3).reshape([n, c, h, w]);
         x + fused::conv2d(&self.out, attended)
     }
@@ -408,7 +408,7 @@ mod tests {
             .map(|h| {
                 let slice = |t: &Tensor<3>| t.clone().narrow(1, h * d, d);
                 let logits = slice(&q).swap_dims(1, 2).matmul(slice(&k)) / (d as f64).sqrt();
-                slice(&v).matmul(softmax(logits, 2).swap_dims(1, 2))
+                slice(&v).matmul(burn::tensor::activation::softmax(logits, 2).swap_dims(1, 2))
             })
             .collect();
         let attended = Tensor::cat(per_head, 1).reshape([n, c, side, side]);

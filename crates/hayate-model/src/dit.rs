@@ -18,7 +18,7 @@ use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu_approximate, silu, softmax};
+use burn::tensor::activation::{gelu_approximate, silu};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -328,7 +328,8 @@ impl DiTBlock {
             .permute([2, 0, 3, 1, 4]);
         let part = |k: usize| qkv.clone().narrow(0, k, 1).reshape([n, heads, tokens, hd]);
         let (q, k, v) = (part(0), part(1), part(2));
-        let weights = softmax(q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()), 3);
+        let weights =
+            crate::fused::softmax_last(q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()));
         let attended = weights.matmul(v).swap_dims(1, 2).reshape([n, tokens, d]);
         self.proj.forward(attended)
     }

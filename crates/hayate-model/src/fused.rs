@@ -84,6 +84,24 @@ fn conv2d_on(conv: &Conv2d, x: Tensor<4>, on: bool) -> Tensor<4> {
     conv.forward(x)
 }
 
+/// `softmax(x, 3)`, over the last axis of `[batch, heads, rows, columns]` attention scores:
+/// fused on the CPU backend for f32 (one pass forward with a vectorised exp, one backward, in
+/// place of Burn's five and eight whole-tensor passes), Burn's composed ops otherwise.
+pub fn softmax_last(x: Tensor<4>) -> Tensor<4> {
+    softmax_last_on(x, fused())
+}
+
+/// [`softmax_last`] with the switch given rather than read.
+fn softmax_last_on(x: Tensor<4>, on: bool) -> Tensor<4> {
+    #[cfg(feature = "cpu")]
+    if on && cpu::runs_fused(&x) {
+        return cpu::softmax(x);
+    }
+    #[cfg(not(feature = "cpu"))]
+    let _ = on;
+    burn::tensor::activation::softmax(x, 3)
+}
+
 /// A padding as (top, left, bottom, right), where it does not depend on the input (`Same`
 /// does, and stays with Burn).
 #[cfg(feature = "cpu")]
@@ -151,6 +169,215 @@ mod cpu {
             left,
             right,
         ))
+    }
+
+    pub fn softmax(x: Tensor<4>) -> Tensor<4> {
+        Tensor::from_dispatch(<burn::backend::Dispatch as FusedSoftmax>::softmax_last(
+            x.into_dispatch(),
+        ))
+    }
+
+    /// Softmax as Burn dispatches it: to flex, and to autodiff over flex.
+    #[backend_extension(Flex, Autodiff)]
+    pub trait FusedSoftmax: Backend {
+        /// Softmax over the last axis of `x`.
+        fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    }
+
+    /// The kernels behind [`FusedSoftmax`] on a backend without autodiff.
+    pub trait SoftmaxKernels: Backend {
+        fn softmax_forward(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+        /// The input gradient from the output `y` and its gradient `grad`:
+        /// y * (grad - sum(grad * y)) along the last axis.
+        fn softmax_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    }
+
+    impl FusedSoftmax for Flex {
+        fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            Self::softmax_forward(x)
+        }
+    }
+
+    impl<B: SoftmaxKernels, C: CheckpointStrategy> FusedSoftmax for Autodiff<B, C> {
+        fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            #[derive(Debug)]
+            struct SoftmaxBackward;
+
+            impl<B: SoftmaxKernels> Backward<B, 1> for SoftmaxBackward {
+                // The output: the gradient needs only it.
+                type State = B::FloatTensorPrimitive;
+
+                fn backward(
+                    self,
+                    ops: Ops<Self::State, 1>,
+                    grads: &mut Gradients,
+                    _checkpointer: &mut Checkpointer,
+                ) {
+                    let [node_x] = ops.parents;
+                    let grad = grads.consume::<B>(&ops.node);
+                    if let Some(node) = node_x {
+                        grads.register::<B>(node.id, B::softmax_backward(ops.state, grad));
+                    }
+                }
+            }
+
+            let nodes = [x.node()];
+            let x = x.into_primitive();
+            match SoftmaxBackward
+                .prepare::<C>(nodes)
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let y = B::softmax_forward(x);
+                    prep.finish(y.clone(), y)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::softmax_forward(x)),
+            }
+        }
+    }
+
+    /// Independent running sums (and maxima) in the vectorised kernels: one AVX-512 register
+    /// of f32, or two of AVX2.
+    const LANES: usize = 16;
+
+    /// The elements handed to one rayon task in the softmax kernels: whole rows, at least 16k
+    /// values, enough to outweigh a task's overhead.
+    fn softmax_task(columns: usize) -> usize {
+        (columns * (16 * 1024usize).div_ceil(columns.max(1))).max(1)
+    }
+
+    /// Softmax of each `columns`-long row of `x` into `out`.
+    struct SoftmaxRows<'a> {
+        out: &'a mut [f32],
+        x: &'a [f32],
+        columns: usize,
+    }
+
+    impl pulp::WithSimd for SoftmaxRows<'_> {
+        type Output = ();
+
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            for (out, x) in self
+                .out
+                .chunks_mut(self.columns)
+                .zip(self.x.chunks(self.columns))
+            {
+                let mut lanes = [f32::NEG_INFINITY; LANES];
+                let mut chunks = x.chunks_exact(LANES);
+                for chunk in &mut chunks {
+                    for (lane, &v) in lanes.iter_mut().zip(chunk) {
+                        *lane = lane.max(v);
+                    }
+                }
+                let max = chunks
+                    .remainder()
+                    .iter()
+                    .chain(&lanes)
+                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let mut sums = [0f32; LANES];
+                let mut out_chunks = out.chunks_exact_mut(LANES);
+                let mut x_chunks = x.chunks_exact(LANES);
+                for (o, x) in (&mut out_chunks).zip(&mut x_chunks) {
+                    for k in 0..LANES {
+                        o[k] = exp(x[k] - max);
+                        sums[k] += o[k];
+                    }
+                }
+                let mut sum: f32 = sums.iter().sum();
+                for (o, &v) in out_chunks
+                    .into_remainder()
+                    .iter_mut()
+                    .zip(x_chunks.remainder())
+                {
+                    *o = exp(v - max);
+                    sum += *o;
+                }
+                let scale = 1.0 / sum;
+                for o in out.iter_mut() {
+                    *o *= scale;
+                }
+            }
+        }
+    }
+
+    /// The softmax gradient of each `columns`-long row, from the output `y` and its gradient.
+    struct SoftmaxGradRows<'a> {
+        dx: &'a mut [f32],
+        y: &'a [f32],
+        grad: &'a [f32],
+        columns: usize,
+    }
+
+    impl pulp::WithSimd for SoftmaxGradRows<'_> {
+        type Output = ();
+
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            let c = self.columns;
+            for ((dx, y), grad) in self
+                .dx
+                .chunks_mut(c)
+                .zip(self.y.chunks(c))
+                .zip(self.grad.chunks(c))
+            {
+                let mut lanes = [0f32; LANES];
+                let (mut y_chunks, mut g_chunks) =
+                    (y.chunks_exact(LANES), grad.chunks_exact(LANES));
+                for (y, g) in (&mut y_chunks).zip(&mut g_chunks) {
+                    for k in 0..LANES {
+                        lanes[k] += y[k] * g[k];
+                    }
+                }
+                let dot = lanes.iter().sum::<f32>()
+                    + y_chunks
+                        .remainder()
+                        .iter()
+                        .zip(g_chunks.remainder())
+                        .map(|(&y, &g)| y * g)
+                        .sum::<f32>();
+                for ((d, &y), &g) in dx.iter_mut().zip(y).zip(grad) {
+                    *d = y * (g - dot);
+                }
+            }
+        }
+    }
+
+    impl SoftmaxKernels for Flex {
+        fn softmax_forward(x: FlexTensor) -> FlexTensor {
+            let (shape, x) = values(&x);
+            let columns = *shape.last().expect("softmax of a scalar");
+            let mut out = vec![0f32; x.len()];
+            let task = softmax_task(columns);
+            out.par_chunks_mut(task)
+                .zip(x.par_chunks(task))
+                .for_each(|(out, x)| {
+                    pulp::Arch::new().dispatch(SoftmaxRows { out, x, columns });
+                });
+            tensor(out, shape)
+        }
+
+        fn softmax_backward(y: FlexTensor, grad: FlexTensor) -> FlexTensor {
+            let (shape, y) = values(&y);
+            let (_, grad) = values(&grad);
+            let columns = *shape.last().expect("softmax of a scalar");
+            let mut dx = vec![0f32; y.len()];
+            let task = softmax_task(columns);
+            dx.par_chunks_mut(task)
+                .zip(y.par_chunks(task))
+                .zip(grad.par_chunks(task))
+                .for_each(|((dx, y), grad)| {
+                    pulp::Arch::new().dispatch(SoftmaxGradRows {
+                        dx,
+                        y,
+                        grad,
+                        columns,
+                    });
+                });
+            tensor(dx, shape)
+        }
     }
 
     /// The convolution as Burn dispatches it: to flex, and to autodiff over flex.
@@ -646,8 +873,221 @@ mod cpu {
         }
     }
 
+    /// e^x in plain f32 arithmetic that the compiler vectorises (`f32::exp` is a libm call per
+    /// element, which made SiLU most of the fused GroupNorm's time): x = k ln 2 + r with
+    /// |r| <= ln 2 / 2 (ln 2 in two parts, Cody and Waite, so r keeps its precision), e^r by its
+    /// degree-6 Taylor polynomial (truncation under 1.2e-7 relative), 2^k written into the
+    /// exponent bits. Inputs are clamped to [-87, 88], where 2^k stays a normal f32.
+    #[inline(always)]
+    pub(super) fn exp(x: f32) -> f32 {
+        const LOG2_E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        // 1.5 * 2^23: adding it rounds to an integer, which its low mantissa bits then hold.
+        const ROUND: f32 = 12_582_912.0;
+        let x = x.clamp(-87.0, 88.0);
+        let shifted = x * LOG2_E + ROUND;
+        let k = shifted - ROUND;
+        let r = (x - k * LN2_HI) - k * LN2_LO;
+        let p = 1.0
+            + r * (1.0
+                + r * (0.5
+                    + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+        // k + 127, shifted into the exponent field: the bits of 2^k.
+        let scale = shifted
+            .to_bits()
+            .wrapping_sub(ROUND.to_bits())
+            .wrapping_add(127)
+            << 23;
+        p * f32::from_bits(scale)
+    }
+
+    #[inline(always)]
     fn sigmoid(y: f32) -> f32 {
-        1.0 / (1.0 + (-y).exp())
+        1.0 / (1.0 + exp(-y))
+    }
+
+    /// The sum of `f(v)` over `xs` in f64, in eight running sums rather than one, so that the
+    /// compiler vectorises it (one running sum is a chain of dependent adds).
+    #[inline(always)]
+    fn sum_f64(xs: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+        let mut lanes = [0f64; 8];
+        let chunks = xs.chunks_exact(8);
+        let rest: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+        for chunk in chunks {
+            for (lane, &v) in lanes.iter_mut().zip(chunk) {
+                *lane += f(v);
+            }
+        }
+        lanes.iter().sum::<f64>() + rest
+    }
+
+    /// One channel of the forward pass: `out = x * a + b`, then SiLU where `SILU`.
+    #[inline(always)]
+    fn norm_row<const SILU: bool>(out: &mut [f32], x: &[f32], a: f32, b: f32) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            let y = v * a + b;
+            *o = if SILU { y * sigmoid(y) } else { y };
+        }
+    }
+
+    /// One channel of the backward pass's first sweep: writes d(x_hat) = `dy * g` into `dx` and
+    /// returns the channel's (sum of dy, sum of dy * x_hat), where dy is the gradient at the
+    /// norm's output (through SiLU where `SILU`). The sums run in 16 f32 lanes, each of hw / 16
+    /// terms, combined in f64: a single f64 sum per element was half the backward's time.
+    #[inline(always)]
+    fn grad_row<const SILU: bool>(
+        dx: &mut [f32],
+        x: &[f32],
+        grad: &[f32],
+        [m, r, g, b]: [f32; 4],
+    ) -> (f64, f64) {
+        let one = |d: &mut f32, v: f32, go: f32| {
+            let xhat = (v - m) * r;
+            let dy = if SILU {
+                let y = xhat * g + b;
+                let sig = sigmoid(y);
+                go * sig * (1.0 + y * (1.0 - sig))
+            } else {
+                go
+            };
+            *d = dy * g;
+            (dy, dy * xhat)
+        };
+        let (mut sum_dy, mut sum_dy_xhat) = ([0f32; LANES], [0f32; LANES]);
+        let mut dx_lanes = dx.chunks_exact_mut(LANES);
+        let mut x_lanes = x.chunks_exact(LANES);
+        let mut grad_lanes = grad.chunks_exact(LANES);
+        for ((d, x), go) in (&mut dx_lanes).zip(&mut x_lanes).zip(&mut grad_lanes) {
+            for k in 0..LANES {
+                let (a, b) = one(&mut d[k], x[k], go[k]);
+                sum_dy[k] += a;
+                sum_dy_xhat[k] += b;
+            }
+        }
+        let wide = |lanes: [f32; LANES]| lanes.iter().map(|&v| v as f64).sum::<f64>();
+        let (mut dy, mut dy_xhat) = (wide(sum_dy), wide(sum_dy_xhat));
+        for ((d, &v), &go) in dx_lanes
+            .into_remainder()
+            .iter_mut()
+            .zip(x_lanes.remainder())
+            .zip(grad_lanes.remainder())
+        {
+            let (a, b) = one(d, v, go);
+            dy += a as f64;
+            dy_xhat += b as f64;
+        }
+        (dy, dy_xhat)
+    }
+
+    /// The forward pass over one group of one image (`x`, `out`: its channels of `hw` values;
+    /// `gamma`, `beta`: its channels' affine), returning its mean and reciprocal standard
+    /// deviation.
+    struct ForwardGroup<'a> {
+        out: &'a mut [f32],
+        x: &'a [f32],
+        gamma: &'a [f32],
+        beta: &'a [f32],
+        hw: usize,
+        epsilon: f64,
+        silu: bool,
+    }
+
+    /// Run through `pulp::Arch::dispatch`, the kernels are compiled for AVX-512 or AVX2 where
+    /// the processor has them (2-4x faster) and for the baseline elsewhere: the same operations
+    /// in the same order (Rust contracts nothing into FMAs), so every build gives the same bits.
+    impl pulp::WithSimd for ForwardGroup<'_> {
+        type Output = (f32, f32);
+
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> (f32, f32) {
+            let Self {
+                out,
+                x,
+                gamma,
+                beta,
+                hw,
+                epsilon,
+                silu,
+            } = self;
+            // Two passes in f64: the statistics are as exact as f32 inputs allow.
+            let len = x.len() as f64;
+            let mean = sum_f64(x, |v| v as f64) / len;
+            let var = sum_f64(x, |v| (v as f64 - mean).powi(2)) / len;
+            let rstd = 1.0 / (var + epsilon).sqrt();
+            for (j, (out, x)) in out.chunks_mut(hw).zip(x.chunks(hw)).enumerate() {
+                // y = (x - mean) * rstd * gamma + beta = x * a + b
+                let a = (rstd * gamma[j] as f64) as f32;
+                let b = beta[j] - (mean * a as f64) as f32;
+                if silu {
+                    norm_row::<true>(out, x, a, b);
+                } else {
+                    norm_row::<false>(out, x, a, b);
+                }
+            }
+            (mean as f32, rstd as f32)
+        }
+    }
+
+    /// The backward pass over one group of one image (as [`ForwardGroup`], with the group's
+    /// `mean`, `rstd` and output gradient): writes the input gradient into `dx` and returns
+    /// each channel's (sum of dy, sum of dy * x_hat), for the affine's gradients.
+    struct BackwardGroup<'a> {
+        dx: &'a mut [f32],
+        x: &'a [f32],
+        grad: &'a [f32],
+        gamma: &'a [f32],
+        beta: &'a [f32],
+        mean: f32,
+        rstd: f32,
+        hw: usize,
+        silu: bool,
+    }
+
+    impl pulp::WithSimd for BackwardGroup<'_> {
+        type Output = Vec<(f64, f64)>;
+
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> Vec<(f64, f64)> {
+            let Self {
+                dx,
+                x,
+                grad,
+                gamma,
+                beta,
+                mean: m,
+                rstd: r,
+                hw,
+                silu,
+            } = self;
+            let mut channel = Vec::with_capacity(gamma.len());
+            // Sums over the group of d(x_hat) and d(x_hat) * x_hat.
+            let (mut sum_d, mut sum_dx) = (0f64, 0f64);
+            for (j, ((dx, x), grad)) in dx
+                .chunks_mut(hw)
+                .zip(x.chunks(hw))
+                .zip(grad.chunks(hw))
+                .enumerate()
+            {
+                let (g, b) = (gamma[j], beta[j]);
+                // d(x_hat) into dx, finished there in the second sweep.
+                let (sum_dy, sum_dy_xhat) = if silu {
+                    grad_row::<true>(dx, x, grad, [m, r, g, b])
+                } else {
+                    grad_row::<false>(dx, x, grad, [m, r, g, b])
+                };
+                sum_d += sum_dy * g as f64;
+                sum_dx += sum_dy_xhat * g as f64;
+                channel.push((sum_dy, sum_dy_xhat));
+            }
+            let len = x.len() as f64;
+            let (mean_d, mean_dx) = ((sum_d / len) as f32, (sum_dx / len) as f32);
+            for (d, &v) in dx.iter_mut().zip(x) {
+                let xhat = (v - m) * r;
+                *d = r * (*d - mean_d - xhat * mean_dx);
+            }
+            channel
+        }
     }
 
     impl NormKernels for Flex {
@@ -669,22 +1109,16 @@ mod cpu {
                 .zip(x.par_chunks(s.group_len()))
                 .enumerate()
                 .map(|(i, (out, x))| {
-                    // Two passes in f64: the statistics are as exact as f32 inputs allow.
-                    let len = x.len() as f64;
-                    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / len;
-                    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len;
-                    let rstd = 1.0 / (var + epsilon).sqrt();
                     let first = (i % groups) * s.per_group;
-                    for (j, (out, x)) in out.chunks_mut(s.hw).zip(x.chunks(s.hw)).enumerate() {
-                        // y = (x - mean) * rstd * gamma + beta = x * a + b
-                        let a = (rstd * gamma[first + j] as f64) as f32;
-                        let b = beta[first + j] - (mean * a as f64) as f32;
-                        for (o, &v) in out.iter_mut().zip(x) {
-                            let y = v * a + b;
-                            *o = if with_silu { y * sigmoid(y) } else { y };
-                        }
-                    }
-                    (mean as f32, rstd as f32)
+                    pulp::Arch::new().dispatch(ForwardGroup {
+                        out,
+                        x,
+                        gamma: &gamma[first..first + s.per_group],
+                        beta: &beta[first..first + s.per_group],
+                        hw: s.hw,
+                        epsilon,
+                        silu: with_silu,
+                    })
                 })
                 .collect();
             let (mean, rstd) = stats.into_iter().unzip();
@@ -722,44 +1156,18 @@ mod cpu {
                 .zip(grad.par_chunks(s.group_len()))
                 .enumerate()
                 .map(|(i, ((dx, x), grad))| {
-                    let (m, r) = (mean[i], rstd[i]);
                     let first = (i % groups) * s.per_group;
-                    let mut channel = Vec::with_capacity(s.per_group);
-                    // Sums over the group of d(x_hat) and d(x_hat) * x_hat.
-                    let (mut sum_d, mut sum_dx) = (0f64, 0f64);
-                    for (j, ((dx, x), grad)) in dx
-                        .chunks_mut(s.hw)
-                        .zip(x.chunks(s.hw))
-                        .zip(grad.chunks(s.hw))
-                        .enumerate()
-                    {
-                        let (g, b) = (gamma[first + j], beta[first + j]);
-                        let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
-                        for ((d, &v), &go) in dx.iter_mut().zip(x).zip(grad) {
-                            let xhat = (v - m) * r;
-                            let dy = if with_silu {
-                                let y = xhat * g + b;
-                                let sig = sigmoid(y);
-                                go * sig * (1.0 + y * (1.0 - sig))
-                            } else {
-                                go
-                            };
-                            sum_dy += dy as f64;
-                            sum_dy_xhat += (dy * xhat) as f64;
-                            // d(x_hat), finished into dx in the second pass.
-                            *d = dy * g;
-                        }
-                        sum_d += sum_dy * g as f64;
-                        sum_dx += sum_dy_xhat * g as f64;
-                        channel.push((sum_dy, sum_dy_xhat));
-                    }
-                    let len = s.group_len() as f64;
-                    let (mean_d, mean_dx) = ((sum_d / len) as f32, (sum_dx / len) as f32);
-                    for (d, &v) in dx.iter_mut().zip(x) {
-                        let xhat = (v - m) * r;
-                        *d = r * (*d - mean_d - xhat * mean_dx);
-                    }
-                    channel
+                    pulp::Arch::new().dispatch(BackwardGroup {
+                        dx,
+                        x,
+                        grad,
+                        gamma: &gamma[first..first + s.per_group],
+                        beta: &beta[first..first + s.per_group],
+                        mean: mean[i],
+                        rstd: rstd[i],
+                        hw: s.hw,
+                        silu: with_silu,
+                    })
                 })
                 .collect();
             let (mut dgamma, mut dbeta) = (vec![0f64; s.c], vec![0f64; s.c]);
@@ -860,6 +1268,53 @@ mod tests {
             ),
         ] {
             assert!(error < 1e-5, "{name} differs by {error:e} ({what})");
+        }
+    }
+
+    #[test]
+    fn the_vectorisable_exp_agrees_with_f64_exp_to_a_few_ulp() {
+        let mut worst = 0f64;
+        for i in 0..=400_000 {
+            let x = -87.0 + 175.0 * i as f32 / 400_000.0;
+            let exact = (x as f64).exp();
+            worst = worst.max(((cpu::exp(x) as f64 - exact) / exact).abs());
+        }
+        assert!(worst < 4e-7, "relative error {worst:e}");
+        // Outside the range it saturates instead of overflowing to infinity or zero.
+        assert!(cpu::exp(200.0).is_finite() && cpu::exp(200.0) > 1e38);
+        assert!(cpu::exp(-200.0) > 0.0 && cpu::exp(-200.0) < 1e-37);
+        assert!(cpu::exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn fused_softmax_equals_burns_forward_and_backward_over_many_shapes() {
+        let device = Device::flex().autodiff();
+        // Rows shorter and longer than the lanes, not a multiple of them, and large logits.
+        for (shape, scale) in [
+            ([1, 1, 1, 1], 1.0),
+            ([2, 3, 5, 7], 3.0),
+            ([1, 2, 16, 33], 1.0),
+            ([2, 1, 64, 256], 8.0),
+            ([3, 4, 9, 1000], 30.0),
+        ] {
+            let x = Tensor::<4>::random(shape, Distribution::Normal(0.5, scale), &device);
+            let upstream = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            let run = |on: bool| {
+                let x = x.clone().require_grad();
+                let y = softmax_last_on(x.clone(), on);
+                let grads = (y.clone() * upstream.clone()).sum().backward();
+                (y.without_autodiff(), x.grad(&grads).unwrap())
+            };
+            let (composed, fused) = (run(false), run(true));
+            for (name, error) in [
+                ("output", max_error(fused.0, composed.0)),
+                ("x gradient", max_error(fused.1, composed.1)),
+            ] {
+                assert!(
+                    error < 1e-5,
+                    "{name} differs by {error:e} ({shape:?}, scale {scale})"
+                );
+            }
         }
     }
 
