@@ -1,10 +1,10 @@
 //! Ops the model runs fused where the backend has them. On the CPU backend (flex) Burn's
 //! GroupNorm is ten whole-tensor passes forward (mean, subtract, square, mean, add, sqrt, divide,
 //! scale, shift) and as many backward, and SiLU two more each way; here GroupNorm and the SiLU
-//! after it are one pass forward and two backward, through a Burn backend extension with its own
-//! autodiff backward. Elsewhere (WGPU, whose fusion compiler already merges elementwise work)
-//! and with the switch off, the model runs Burn's composed ops, so the two can be timed side by
-//! side and checked against each other.
+//! after it are one pass forward and two backward, and attention's softmax one pass each way,
+//! through Burn backend extensions with their own autodiff backward. Elsewhere (WGPU, whose
+//! fusion compiler already merges elementwise work) and with the switch off, the model runs
+//! Burn's composed ops, so the two can be timed side by side and checked against each other.
 
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
