@@ -61,14 +61,16 @@ fid RUN *ARGS:
     cargo run --release -p hayate -- eval fid --checkpoint {{RUN}} {{ARGS}}
 
 # The consistency phenomenon: train two tiny models that differ in seed, a third that differs
-# in width (CPU on 2 cores: about 40 minutes each, 80 for the wider one) and a tiny DiT (across
-# architectures; its time not yet measured), then compare their samples from shared noise (16 to
-# 20 minutes each).
+# in width, a tiny DiT (across architectures) and the first two again predicting x_0 and v (the
+# prediction target), then compare pairs of them from shared noise: pixel agreement, and the
+# reproducibility score in Inception features (times in docs/results.md).
 consistency *ARGS:
-    cargo run --release -p hayate -- train --config experiments/consistency-a.toml --out runs/consistency-a {{ARGS}}
-    cargo run --release -p hayate -- train --config experiments/consistency-b.toml --out runs/consistency-b {{ARGS}}
-    cargo run --release -p hayate -- train --config experiments/consistency-wide.toml --out runs/consistency-wide {{ARGS}}
-    cargo run --release -p hayate -- train --config experiments/consistency-dit.toml --out runs/consistency-dit {{ARGS}}
+    for m in a b wide dit x0-a x0-b v-a v-b; do cargo run --release -p hayate -- train --config experiments/consistency-$m.toml --out runs/consistency-$m {{ARGS}}; done
     cargo run --release -p hayate -- consistency --a runs/consistency-a --b runs/consistency-b --out runs/consistency/seed
     cargo run --release -p hayate -- consistency --a runs/consistency-a --b runs/consistency-wide --out runs/consistency/width
     cargo run --release -p hayate -- consistency --a runs/consistency-a --b runs/consistency-dit --out runs/consistency/architecture
+    cargo run --release -p hayate -- consistency --a runs/consistency-x0-a --b runs/consistency-x0-b --out runs/consistency/x0-seed
+    cargo run --release -p hayate -- consistency --a runs/consistency-v-a --b runs/consistency-v-b --out runs/consistency/v-seed
+    cargo run --release -p hayate -- consistency --a runs/consistency-a --b runs/consistency-x0-b --out runs/consistency/eps-x0
+    cargo run --release -p hayate -- consistency --a runs/consistency-a --b runs/consistency-v-b --out runs/consistency/eps-v
+    cargo run --release -p hayate -- consistency --a runs/consistency-x0-a --b runs/consistency-v-b --out runs/consistency/x0-v

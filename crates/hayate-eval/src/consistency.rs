@@ -1,7 +1,9 @@
 //! The consistency phenomenon (Xu et al. 2024): two diffusion models given the same starting
 //! noise and the same per-step noise produce nearly the same images, and their predictions of
-//! x_0 agree most at high noise. This module measures that agreement.
+//! x_0 agree most at high noise. This module measures that agreement, in pixels and, as the
+//! reproducibility score of Zhang et al. (ICML 2024), in a feature network's space.
 
+use crate::fid::{FeatureExtractor, features_of, quantize};
 use crate::plot::{Chart, Series};
 use crate::sample::{
     NetworkDenoiser, TrainedModel, batch_seed, generate_with, save_grid_with_columns,
@@ -97,6 +99,100 @@ impl AgreementSums {
             psnr: self.psnr / n,
         }
     }
+}
+
+/// The quantile of the mismatched pairs' similarities that a pair must pass to count as
+/// reproduced: unrelated images pass with probability 1 - this.
+pub const REPRODUCIBILITY_QUANTILE: f64 = 0.99;
+
+/// Mismatched pairs (a[i], b[i + k mod n]) taken for the threshold, for k = 1 up to this: every
+/// mismatched pair while n <= 1024, and memory linear in n beyond.
+const MISMATCH_OFFSETS: usize = 1023;
+
+/// The reproducibility score of Zhang et al. (ICML 2024, arXiv 2310.05264): the fraction of
+/// pairs drawn from the same noise whose feature similarity passes a threshold. Their feature
+/// network, SSCD, is not available offline; here the features are Inception's pool3 (FID's),
+/// centred on the mean of both sets, since the raw features are all non-negative and share a
+/// large common component, and the similarity is their cosine. A fixed threshold (their 0.6)
+/// means nothing in another space, so it is calibrated: the [`REPRODUCIBILITY_QUANTILE`]
+/// quantile of the similarities of mismatched pairs (a[i], b[j]), i != j, from the same sets.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reproducibility {
+    /// What the similarity is computed on.
+    pub features: String,
+    /// See [`REPRODUCIBILITY_QUANTILE`].
+    pub quantile: f64,
+    /// Mismatched pairs the threshold was calibrated on.
+    pub mismatched_pairs: usize,
+    /// The calibrated threshold on the cosine similarity.
+    pub threshold: f64,
+    /// The fraction of pairs (a[i], b[i]) whose similarity exceeds the threshold.
+    pub score: f64,
+    /// The same fraction over the mismatched pairs: 1 - quantile up to ties (the chance level).
+    pub chance: f64,
+    /// Mean similarity of the pairs from the same noise.
+    pub mean_paired: f64,
+    /// Mean similarity of the mismatched pairs.
+    pub mean_mismatched: f64,
+}
+
+/// The reproducibility score of features `fa[i]` and `fb[i]` (`dims` each) of pairs from the
+/// same noise; `features` names them.
+pub fn reproducibility(
+    fa: &[f32],
+    fb: &[f32],
+    dims: usize,
+    features: &str,
+) -> Result<Reproducibility> {
+    ensure!(
+        fa.len() == fb.len() && dims > 0 && fa.len().is_multiple_of(dims),
+        "paired feature sets must have the same number of {dims}-value rows"
+    );
+    let n = fa.len() / dims;
+    ensure!(
+        n >= 2,
+        "a reproducibility score needs at least 2 pairs, got {n}"
+    );
+    let mut mean = vec![0f64; dims];
+    for row in fa.chunks_exact(dims).chain(fb.chunks_exact(dims)) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += v as f64 / (2 * n) as f64;
+        }
+    }
+    // Centred rows of unit length, so a dot product is the cosine (0 for a zero row).
+    let unit = |set: &[f32]| -> Vec<Vec<f64>> {
+        set.chunks_exact(dims)
+            .map(|row| {
+                let c: Vec<f64> = row.iter().zip(&mean).map(|(&v, m)| v as f64 - m).collect();
+                let norm = c.iter().map(|v| v * v).sum::<f64>().sqrt();
+                c.iter()
+                    .map(|v| if norm > 0.0 { v / norm } else { 0.0 })
+                    .collect()
+            })
+            .collect()
+    };
+    let (ua, ub) = (unit(fa), unit(fb));
+    let cosine = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>();
+    let paired: Vec<f64> = ua.iter().zip(&ub).map(|(x, y)| cosine(x, y)).collect();
+    let mut mismatched: Vec<f64> = (1..n.min(MISMATCH_OFFSETS + 1))
+        .flat_map(|k| (0..n).map(move |i| (i, (i + k) % n)))
+        .map(|(i, j)| cosine(&ua[i], &ub[j]))
+        .collect();
+    mismatched.sort_by(f64::total_cmp);
+    let m = mismatched.len();
+    let threshold =
+        mismatched[((REPRODUCIBILITY_QUANTILE * m as f64).ceil() as usize).clamp(1, m) - 1];
+    let above = |s: &[f64]| s.iter().filter(|&&v| v > threshold).count() as f64 / s.len() as f64;
+    Ok(Reproducibility {
+        features: features.into(),
+        quantile: REPRODUCIBILITY_QUANTILE,
+        mismatched_pairs: m,
+        threshold,
+        score: above(&paired),
+        chance: above(&mismatched),
+        mean_paired: paired.iter().sum::<f64>() / n as f64,
+        mean_mismatched: mismatched.iter().sum::<f64>() / m as f64,
+    })
 }
 
 /// The agreement of the pairs (a[i], b[i + 1 mod n]), same models and different noise (the
@@ -230,9 +326,11 @@ pub struct Measured {
 }
 
 /// Draws `n` images from each of `a` and `b` with the same starting and per-step noise, `batch`
-/// at a time (batch i from [`batch_seed`]`(seed, i)`, so memory is bounded whatever `n`), and
-/// measures how alike they are: the final samples, paired and shifted by one (the chance
-/// level), and the predicted x_0 at up to about 100 of the sampler's steps.
+/// at a time (batch i from [`batch_seed`]`(seed, i)`, so memory is bounded whatever `n`, but
+/// for the features), and measures how alike they are: the final samples, paired and shifted
+/// by one (the chance level), the predicted x_0 at up to about 100 of the sampler's steps and,
+/// with `features` (a network and how the report names its features), the [`Reproducibility`]
+/// score of the final samples, each rounded to 8 bits as an image file would be.
 pub fn measure(
     a: &TrainedModel,
     b: &TrainedModel,
@@ -240,6 +338,7 @@ pub fn measure(
     n: usize,
     batch: usize,
     seed: u64,
+    features: Option<(&dyn FeatureExtractor, &str)>,
 ) -> Result<Measured> {
     ensure!(n >= 2, "consistency needs at least 2 image pairs, got {n}");
     let size = a.model.resolution();
@@ -256,6 +355,7 @@ pub fn measure(
     let (mut paired, mut shuffled) = (AgreementSums::new(per), ShiftedPairs::new(per));
     let mut per_step: Vec<(usize, AgreementSums)> = Vec::new();
     let (mut first_a, mut first_b) = (Vec::new(), Vec::new());
+    let (mut features_a, mut features_b) = (Vec::new(), Vec::new());
     let mut progress = hayate_train::progress::Countdown::new("pairs", n);
     for i in 0..n.div_ceil(batch) {
         let count = batch.min(n - i * batch);
@@ -277,6 +377,13 @@ pub fn measure(
             );
             sums.add(xa, xb);
         }
+        if let Some((net, _)) = features {
+            for (images, out) in [(&ta.images, &mut features_a), (&tb.images, &mut features_b)] {
+                let mut images = images.clone();
+                quantize(&mut images);
+                out.extend(features_of(net, images, [count, 3, size, size])?);
+            }
+        }
         paired.add(&ta.images, &tb.images);
         shuffled.add(&ta.images, &tb.images);
         let keep = SHOWN_PAIRS.saturating_sub(first_a.len() / per).min(count);
@@ -286,9 +393,14 @@ pub fn measure(
             eprintln!("consistency: {line}");
         }
     }
+    let reproducibility = match features {
+        Some((net, name)) => Some(reproducibility(&features_a, &features_b, net.dims(), name)?),
+        None => None,
+    };
     Ok(Measured {
         report: Report {
             n,
+            reproducibility,
             paired: paired.finish(),
             shuffled: shuffled.finish(),
             per_step: per_step
@@ -324,6 +436,8 @@ pub struct Report {
     pub paired: Agreement,
     /// The same with B's samples shifted by one: the chance level.
     pub shuffled: Agreement,
+    /// The reproducibility score of the final samples, when features were computed.
+    pub reproducibility: Option<Reproducibility>,
     /// Per recorded timestep, highest t first.
     pub per_step: Vec<StepAgreement>,
 }
@@ -427,6 +541,59 @@ mod tests {
         let half = agreement(&c, &d, per);
         assert!((half.agreement - 0.8).abs() < 0.03, "{half:?}");
         assert!(half.psnr > independent.psnr);
+    }
+
+    #[test]
+    fn reproducibility_counts_pairs_above_the_mismatched_pairs_quantile() {
+        let (dims, n) = (32, 300);
+        let mut rng = <hayate_schedule::HostRng as rand::SeedableRng>::seed_from_u64(7);
+        let (mut a, mut b) = (vec![0f32; n * dims], vec![0f32; n * dims]);
+        hayate_schedule::fill_standard_normal(&mut rng, &mut a);
+        hayate_schedule::fill_standard_normal(&mut rng, &mut b);
+        let same = reproducibility(&a, &a, dims, "test").unwrap();
+        assert_eq!(same.score, 1.0);
+        assert!((same.mean_paired - 1.0).abs() < 1e-9, "{same:?}");
+        assert_eq!(same.mismatched_pairs, n * (n - 1));
+        assert_eq!(same.features, "test");
+        // Unrelated pairs pass about as often as mismatched ones, 1 - quantile by construction.
+        let unrelated = reproducibility(&a, &b, dims, "test").unwrap();
+        assert!(unrelated.score < 0.04, "{unrelated:?}");
+        assert!((unrelated.chance - 0.01).abs() < 1e-3, "{unrelated:?}");
+        assert!(unrelated.mean_paired.abs() < 0.05 && unrelated.mean_mismatched.abs() < 0.01);
+        // Half signal: cosine about 0.9, far above the mismatched pairs' 99% quantile (about
+        // 2.3 / sqrt(32)); a large offset shared by every feature (as Inception's non-negative
+        // features have) changes nothing, since the features are centred first.
+        let related: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + 0.5 * y).collect();
+        let close = reproducibility(&a, &related, dims, "test").unwrap();
+        assert_eq!(close.score, 1.0);
+        assert!(close.threshold > 0.2 && close.threshold < 0.6, "{close:?}");
+        let offset = |v: &[f32]| v.iter().map(|x| x + 50.0).collect::<Vec<f32>>();
+        let moved = reproducibility(&offset(&a), &offset(&related), dims, "test").unwrap();
+        assert!(
+            (moved.threshold - close.threshold).abs() < 1e-4,
+            "{moved:?} {close:?}"
+        );
+        assert_eq!(moved.score, 1.0);
+        // Half the pairs related, half not: about half pass.
+        let mixed: Vec<f32> = related[..n / 2 * dims]
+            .iter()
+            .chain(&b[n / 2 * dims..])
+            .copied()
+            .collect();
+        let half = reproducibility(&a, &mixed, dims, "test").unwrap();
+        assert!((half.score - 0.5).abs() < 0.02, "{half:?}");
+        assert!(reproducibility(&a[..dims], &b[..dims], dims, "test").is_err());
+        assert!(reproducibility(&a, &b[..dims], dims, "test").is_err());
+    }
+
+    #[test]
+    fn reproducibility_bounds_the_mismatched_pairs_of_large_sets() {
+        let (dims, n) = (4, 1100);
+        let mut rng = <hayate_schedule::HostRng as rand::SeedableRng>::seed_from_u64(8);
+        let mut a = vec![0f32; n * dims];
+        hayate_schedule::fill_standard_normal(&mut rng, &mut a);
+        let r = reproducibility(&a, &a, dims, "test").unwrap();
+        assert_eq!(r.mismatched_pairs, n * MISMATCH_OFFSETS);
     }
 
     /// The pairing (a[i], b[i + 1 mod n]) of whole sets, as the shifted pairs define it.

@@ -300,6 +300,19 @@ impl Statistics {
     }
 }
 
+/// Features `[b, dims]` (flattened, on the host) of images `[b, 3, h, w]` in [-1, 1].
+pub fn features_of(
+    net: &dyn FeatureExtractor,
+    values: Vec<f32>,
+    shape: [usize; 4],
+) -> Result<Vec<f32>> {
+    let images = Tensor::<4>::from_data(TensorData::new(values, shape), net.device());
+    net.features(images)
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading features: {e:?}"))
+}
+
 /// Features of `batches` of images (`[b, 3, h, w]` flattened, in [-1, 1]), summed into
 /// statistics. With `total` (the images expected), prints progress as it goes.
 pub fn statistics_of(
@@ -311,13 +324,7 @@ pub fn statistics_of(
     let mut progress = total.map(|n| hayate_train::progress::Countdown::new("images", n));
     for batch in batches {
         let (values, shape) = batch?;
-        let images = Tensor::<4>::from_data(TensorData::new(values, shape), net.device());
-        let features = net
-            .features(images)
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading features: {e:?}"))?;
-        acc.add(&features);
+        acc.add(&features_of(net, values, shape)?);
         if let Some(line) = progress.as_mut().and_then(|p| p.update(acc.len())) {
             eprintln!("  features: {line}");
         }

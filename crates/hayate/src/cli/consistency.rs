@@ -3,6 +3,7 @@
 use super::flags::{DeviceArgs, SamplerArgs};
 use anyhow::{Result, bail};
 use hayate_eval::consistency::{Setup, measure, write};
+use hayate_eval::inception::FidInception;
 use hayate_eval::sample::TrainedModel;
 use std::path::PathBuf;
 
@@ -29,6 +30,13 @@ pub struct Args {
     /// Seed of the shared noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Skip the reproducibility score (Inception features of the final samples).
+    #[arg(long)]
+    pub no_inception: bool,
+    /// The Inception weights for the reproducibility score (.pth from pytorch-fid or
+    /// .safetensors); else $HAYATE_INCEPTION_WEIGHTS, else downloaded into the cache.
+    #[arg(long, conflicts_with = "no_inception")]
+    pub inception_weights: Option<PathBuf>,
     /// The folder for consistency.json, pairs.png and agreement.png.
     #[arg(long, default_value = "consistency")]
     pub out: PathBuf,
@@ -58,7 +66,31 @@ impl Args {
         let sampler = self
             .sampler
             .build(a.config.sampling.sampler(), &a.schedule, &a.config)?;
-        let measured = measure(&a, &b, sampler.as_ref(), self.n, self.batch, self.seed)?;
+        let inception = if self.no_inception {
+            None
+        } else {
+            let weights = hayate_eval::fid::inception_weights(
+                self.inception_weights.as_deref(),
+                &hayate_train::train::cache_dir(),
+            )?;
+            eprintln!("Inception weights {}", weights.display());
+            Some(FidInception::load(&weights, &device)?)
+        };
+        let features = inception.as_ref().map(|net| {
+            (
+                net as &dyn hayate_eval::fid::FeatureExtractor,
+                "Inception pool3 (FID's network), mean-centred, cosine",
+            )
+        });
+        let measured = measure(
+            &a,
+            &b,
+            sampler.as_ref(),
+            self.n,
+            self.batch,
+            self.seed,
+            features,
+        )?;
         let setup = Setup {
             a: a.path.clone(),
             b: b.path.clone(),
@@ -78,6 +110,19 @@ impl Args {
             report.shuffled.agreement,
             report.shuffled.psnr
         );
+        if let Some(r) = &report.reproducibility {
+            println!(
+                "reproducibility score {:.4} (chance {:.4}): similarity above {:.4}, the {} \
+                 quantile of {} mismatched pairs; mean similarity paired {:.4}, mismatched {:.4}",
+                r.score,
+                r.chance,
+                r.threshold,
+                r.quantile,
+                r.mismatched_pairs,
+                r.mean_paired,
+                r.mean_mismatched
+            );
+        }
         Ok(())
     }
 }

@@ -12,29 +12,12 @@ use hayate_data::{Cifar10, IMAGE_BYTES, Split, image_to_unit_range};
 use hayate_eval::fid::{Accumulator, frechet_distance};
 use hayate_eval::inception::{FEATURES, FidInception};
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-
-fn weights() -> Option<PathBuf> {
-    match std::env::var_os("HAYATE_INCEPTION_WEIGHTS").map(PathBuf::from) {
-        Some(path) if path.is_file() => Some(path),
-        _ => {
-            // CI provides the weights; there a missing file is a failure, not a skip.
-            assert!(
-                std::env::var_os("HAYATE_REQUIRE_FID_WEIGHTS").is_none(),
-                "HAYATE_REQUIRE_FID_WEIGHTS is set but HAYATE_INCEPTION_WEIGHTS is not a file"
-            );
-            eprintln!(
-                "skipped: set HAYATE_INCEPTION_WEIGHTS to the FID Inception weights \
-                 (scripts/convert_fid_weights.py writes them)"
-            );
-            None
-        }
-    }
-}
+use std::path::Path;
 
 #[test]
 fn features_match_pytorch_fid_and_a_set_has_fid_zero_with_itself() {
-    let (Some(data), Some(weights)) = (common::shared_cifar10(), weights()) else {
+    let (Some(data), Some(weights)) = (common::shared_cifar10(), common::inception_weights())
+    else {
         return;
     };
     let fixture: serde_json::Value = serde_json::from_str(
@@ -88,7 +71,8 @@ fn features_match_pytorch_fid_and_a_set_has_fid_zero_with_itself() {
 /// those checkpoints and draws it in plots/fid.png; `hayate eval fid` on the run agrees.
 #[test]
 fn training_logs_fid_at_the_configured_steps() {
-    let (Some(data), Some(weights)) = (common::shared_cifar10(), weights()) else {
+    let (Some(data), Some(weights)) = (common::shared_cifar10(), common::inception_weights())
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -207,7 +191,8 @@ fn training_logs_fid_at_the_configured_steps() {
 /// command line spells it) and n; a prepared file of the same reference images gives the same FID.
 #[test]
 fn eval_fid_compares_two_cifar10_splits() {
-    let (Some(data), Some(weights)) = (common::shared_cifar10(), weights()) else {
+    let (Some(data), Some(weights)) = (common::shared_cifar10(), common::inception_weights())
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

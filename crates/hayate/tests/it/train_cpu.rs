@@ -393,12 +393,14 @@ noise_assignment = { kind = "knn", k = 3 }"#,
 
 /// Two runs of one model from the same noise agree exactly (so both really see the same
 /// starting and per-step noise); another seed's model agrees less; pairing with shifted noise is
-/// the chance level. Written through `hayate consistency`.
+/// the chance level; with the Inception weights, a model reproduces itself in features too.
+/// Written through `hayate consistency`.
 #[test]
 fn consistency_compares_models_from_shared_noise() {
     let Some((data, _serial, dir)) = setup() else {
         return;
     };
+    let weights = common::inception_weights();
     let device = Device::flex();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     train(
@@ -433,6 +435,11 @@ fn consistency_compares_models_from_shared_noise() {
             "--out".into(),
             out.as_os_str().to_owned(),
         ]);
+        let inception: Vec<std::ffi::OsString> = match &weights {
+            Some(w) => vec!["--inception-weights".into(), w.clone().into_os_string()],
+            None => vec!["--no-inception".into()],
+        };
+        let line = line.chain(inception);
         let line: Vec<std::ffi::OsString> = line.collect();
         hayate::cli::run(hayate::cli::Cli::try_parse_from(line).unwrap()).unwrap();
         assert!(out.join("pairs.png").is_file() && out.join("agreement.png").is_file());
@@ -462,6 +469,23 @@ fn consistency_compares_models_from_shared_noise() {
     let seeds = compare(&b, &dir.path().join("seeds"));
     let paired = seeds["paired"]["agreement"].as_f64().unwrap();
     assert!(paired < 1.0 && paired > shuffled, "{seeds}");
+    if weights.is_some() {
+        // 6 pairs: the threshold is the most similar of the 30 mismatched pairs.
+        let same = &itself["reproducibility"];
+        assert_eq!(same["score"], 1.0, "{itself}");
+        assert_eq!(same["mismatched_pairs"], 30, "{itself}");
+        assert_eq!(same["chance"], 0.0, "{itself}");
+        assert!((same["mean_paired"].as_f64().unwrap() - 1.0).abs() < 1e-6);
+        let other = &seeds["reproducibility"];
+        let score = other["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score), "{seeds}");
+        assert!(
+            other["mean_paired"].as_f64().unwrap() < 1.0 - 1e-6,
+            "{seeds}"
+        );
+    } else {
+        assert!(itself["reproducibility"].is_null(), "{itself}");
+    }
 }
 
 /// The L2 norm of `a - b`.

@@ -25,6 +25,26 @@ pub fn one_run_at_a_time() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The FID Inception weights, `$HAYATE_INCEPTION_WEIGHTS` (see `scripts/convert_fid_weights.py`),
+/// or `None` with a printed reason (a failure where `HAYATE_REQUIRE_FID_WEIGHTS` is set, as in CI).
+pub fn inception_weights() -> Option<PathBuf> {
+    match std::env::var_os("HAYATE_INCEPTION_WEIGHTS").map(PathBuf::from) {
+        Some(path) if path.is_file() => Some(path),
+        _ => {
+            // CI provides the weights; there a missing file is a failure, not a skip.
+            assert!(
+                std::env::var_os("HAYATE_REQUIRE_FID_WEIGHTS").is_none(),
+                "HAYATE_REQUIRE_FID_WEIGHTS is set but HAYATE_INCEPTION_WEIGHTS is not a file"
+            );
+            eprintln!(
+                "skipped: set HAYATE_INCEPTION_WEIGHTS to the FID Inception weights \
+                 (scripts/convert_fid_weights.py writes them)"
+            );
+            None
+        }
+    }
+}
+
 /// The real CIFAR-10 subset in `../shared/datasets/cifar10` (or `$HAYATE_CIFAR10_DIR`), or `None`
 /// with a printed reason (a failure where `HAYATE_REQUIRE_DATA` is set, as in CI).
 pub fn shared_cifar10() -> Option<PathBuf> {
