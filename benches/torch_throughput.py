@@ -153,15 +153,27 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+# As hayate's profile (crates/hayate-bench/src/ops.rs): calls are timed until both this many
+# seconds and `repeats` calls have passed, at most MAX_CALLS, and the median is taken.
+MIN_SECONDS = 0.2
+MAX_CALLS = 1000
+
+
 def per_call(fn, repeats, device):
-    """Seconds per call of `fn` over `repeats` calls after one warm-up, as hayate's profile."""
+    """Median seconds per call of `fn` after one warm-up, as hayate's profile times its ops."""
     fn()
     sync(device)
-    start = time.perf_counter()
-    for _ in range(max(repeats, 1)):
+    calls = []
+    started = time.perf_counter()
+    while len(calls) < MAX_CALLS and (
+        len(calls) < max(repeats, 1) or time.perf_counter() - started < MIN_SECONDS
+    ):
+        call = time.perf_counter()
         fn()
-    sync(device)
-    return (time.perf_counter() - start) / max(repeats, 1)
+        sync(device)
+        calls.append(time.perf_counter() - call)
+    calls.sort()
+    return calls[len(calls) // 2]
 
 
 def phases(model, ema, opt, x0, alpha_bar, steps, device):

@@ -72,7 +72,8 @@ pub fn distinct_layers(unet: &UNetConfig) -> Vec<(Layer, usize)> {
 }
 
 /// Times every distinct layer of `unet` at `batch` on `device` (its autodiff form, as in
-/// training), averaging `repeats` calls after one warm-up; reports progress on stderr.
+/// training), the median of at least `repeats` calls after one warm-up (see [`MIN_SECONDS`]);
+/// reports progress on stderr.
 pub fn profile(unet: &UNetConfig, batch: usize, repeats: usize, device: &Device) -> Vec<OpTiming> {
     let layers = distinct_layers(unet);
     let device = device.clone().autodiff();
@@ -116,15 +117,28 @@ pub fn write_spec(
     std::fs::write(path, spec.to_string())
 }
 
-/// Seconds per call of `run`, which must wait for its own result, over `repeats` calls after one
-/// warm-up.
+/// Calls of an op are timed until both this many seconds and `repeats` calls have passed (at
+/// most [`MAX_CALLS`]): an op of a tenth of a millisecond timed over five calls gave numbers
+/// that moved 3x between runs, and a backward part, which is a difference of two such times,
+/// came out at impossible rates.
+const MIN_SECONDS: f64 = 0.2;
+const MAX_CALLS: usize = 1000;
+
+/// The median seconds per call of `run`, which must wait for its own result, after one warm-up
+/// (the median: a call the machine interrupted does not move it).
 fn seconds(repeats: usize, mut run: impl FnMut()) -> f64 {
     run();
     let started = Instant::now();
-    for _ in 0..repeats.max(1) {
+    let mut calls = Vec::new();
+    while calls.len() < MAX_CALLS
+        && (calls.len() < repeats.max(1) || started.elapsed().as_secs_f64() < MIN_SECONDS)
+    {
+        let call = Instant::now();
         run();
+        calls.push(call.elapsed().as_secs_f64());
     }
-    started.elapsed().as_secs_f64() / repeats.max(1) as f64
+    calls.sort_by(f64::total_cmp);
+    calls[calls.len() / 2]
 }
 
 fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {

@@ -58,8 +58,8 @@ fn group_norm_on(norm: &GroupNorm, x: Tensor<4>, with_silu: bool, on: bool) -> T
 }
 
 /// `conv.forward(x)`: on the CPU backend, for an f32 convolution with a bias, no groups and no
-/// dilation, im2col over blocks of images with at least 2,048 output positions and one matrix
-/// product per block for the output and for the weight gradient (flex runs a product per image
+/// dilation, im2col (over blocks of images where the whole batch's would be large) and one
+/// matrix product per block for the output and for the weight gradient (flex runs a product per image
 /// and 512-pixel tile, and its weight gradient as a convolution over swapped dimensions); the
 /// input gradient and every other convolution are Burn's.
 ///
@@ -583,16 +583,24 @@ mod cpu {
         }
     }
 
-    /// Output positions per matrix product: the images of a block with at least this many go
-    /// through one product each. The whole batch's column matrix (38 MB for a 128-channel 3x3
-    /// layer at 32x32 and batch 8) made the product wait on memory: blocks of 2,048 columns
-    /// ran that layer's forward 1.4x faster and its backward 1.25x, and the 384-channel one
-    /// 1.45x and 1.25x. 4,096 was slower for the 384-channel layer, and blocks of one 16x16
-    /// image (256 columns) too small a product.
+    /// A column matrix up to this size is built for the whole batch and goes through one
+    /// product; larger ones go in blocks of images with at least [`COLUMNS_PER_BLOCK`] output
+    /// positions each. The whole batch's (38 MB for a 128-channel 3x3 layer at 32x32 and batch
+    /// 8) made the product wait on memory: in blocks, the 384-channel layer at 32x32 ran its
+    /// forward 1.45x faster and the weight gradients at 32x32 1.2-1.3x. Blocks of 2,048 columns
+    /// made the tiny model's small layers (k <= 576, 9.4 MB at most) 8% slower, so they stay
+    /// whole; 4,096 columns was slower for the 384-channel layer.
+    const WHOLE_BATCH_BYTES: usize = 16 << 20;
+
+    /// See [`WHOLE_BATCH_BYTES`].
     const COLUMNS_PER_BLOCK: usize = 2048;
 
-    /// Images per block of the column matrix (see [`COLUMNS_PER_BLOCK`]), at least one.
+    /// Images per block of the column matrix (see [`WHOLE_BATCH_BYTES`]), at least one.
     fn images_per_block(s: &ConvSizes) -> usize {
+        let whole = s.k() * s.n * s.out_plane() * std::mem::size_of::<f32>();
+        if whole <= WHOLE_BATCH_BYTES {
+            return s.n.max(1);
+        }
         COLUMNS_PER_BLOCK
             .div_ceil(s.out_plane().max(1))
             .clamp(1, s.n.max(1))
@@ -1469,14 +1477,27 @@ mod tests {
     fn large_inputs_split_into_column_blocks() {
         let g = cpu::Geometry::new([1, 1], [1, 1, 1, 1]);
         assert_eq!(
-            cpu::block_sizes(&[3, 32, 48, 48], &[5, 32, 3, 3], g),
-            vec![1, 1, 1]
+            cpu::block_sizes(&[4, 64, 48, 48], &[5, 64, 3, 3], g),
+            vec![1; 4]
         );
         assert_eq!(
-            cpu::block_sizes(&[3, 32, 40, 40], &[4, 32, 3, 3], g),
-            vec![2, 1]
+            cpu::block_sizes(&[5, 64, 40, 40], &[4, 64, 3, 3], g),
+            vec![2, 2, 1]
         );
-        assert_eq!(cpu::block_sizes(&[8, 16, 8, 8], &[8, 16, 3, 3], g), vec![8]);
+        // Under 16 MiB: the whole batch (here 8 MB).
+        assert_eq!(
+            cpu::block_sizes(&[3, 32, 48, 48], &[5, 32, 3, 3], g),
+            vec![3]
+        );
+        // DDPM's 128-channel layer at 32x32, batch 8 (38 MB), and its 256-channel at 16x16.
+        assert_eq!(
+            cpu::block_sizes(&[8, 128, 32, 32], &[128, 128, 3, 3], g),
+            vec![2; 4]
+        );
+        assert_eq!(
+            cpu::block_sizes(&[8, 256, 16, 16], &[256, 256, 3, 3], g),
+            vec![8]
+        );
     }
 
     #[test]
@@ -1549,11 +1570,11 @@ mod tests {
                 Explicit(2, 2, 2, 2),
                 true,
             ),
-            // Column blocks of one image (2,304 output positions each), and of two and one
-            // (1,600 each).
+            // Column matrices over 16 MiB, in blocks of one image (2,304 output positions
+            // each), and of two, two and one (1,600 each).
             (
-                3,
-                [32, 5],
+                4,
+                [64, 5],
                 [3, 3],
                 [48, 48],
                 [1, 1],
@@ -1561,8 +1582,8 @@ mod tests {
                 true,
             ),
             (
-                3,
-                [32, 4],
+                5,
+                [64, 4],
                 [3, 3],
                 [40, 40],
                 [1, 1],
