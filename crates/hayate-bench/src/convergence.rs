@@ -278,6 +278,8 @@ pub struct BenchOptions {
     pub only_methods: Vec<String>,
     /// Train and score only these seeds (empty: all).
     pub only_seeds: Vec<u64>,
+    /// Train and score nothing: report the finished runs (the kept scores) alone.
+    pub report_only: bool,
     /// Run the Inception check (when the config has one).
     pub inception: bool,
     /// Inception weights (else the default lookup).
@@ -820,6 +822,10 @@ pub fn run(
                     .iter()
                     .any(|m| slug(m) == slug(&method.name)))
                 && (options.only_seeds.is_empty() || options.only_seeds.contains(&seed));
+            if options.report_only {
+                eprintln!("{} seed {seed}: not finished (--report-only)", method.name);
+                continue;
+            }
             if !selected {
                 eprintln!("{} seed {seed}: not finished, not selected", method.name);
                 continue;

@@ -306,6 +306,10 @@ pub struct ConvergenceArgs {
     /// Train and score only this seed (repeatable; default all).
     #[arg(long = "seed")]
     pub seeds: Vec<u64>,
+    /// Train and score nothing: print the report of the finished runs (the benchmark's kept
+    /// scores), the unfinished ones listed as such.
+    #[arg(long, conflicts_with_all = ["methods", "seeds"])]
+    pub report_only: bool,
     /// Skip the Inception FID check of the proxy metric.
     #[arg(long)]
     pub no_inception: bool,
@@ -333,6 +337,7 @@ impl ConvergenceArgs {
                     .unwrap_or_else(|| hayate_bench::convergence::default_runs_dir(&self.config)),
                 only_methods: self.methods,
                 only_seeds: self.seeds,
+                report_only: self.report_only,
                 inception: !self.no_inception,
                 inception_weights: self.inception_weights,
             },

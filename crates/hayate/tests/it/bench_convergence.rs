@@ -195,6 +195,20 @@ momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensa
         part.contains("CLTS+MDLRC seed 3: not finished, not selected"),
         "{part}"
     );
+    // The report alone: nothing trained, the unfinished run listed, the finished one reported.
+    let only = run_with(
+        &config,
+        &[Path::new("--out"), &out, Path::new("--report-only")],
+    );
+    assert!(
+        only.contains("CLTS+MDLRC seed 3: not finished (--report-only)")
+            && only.contains("baseline seed 3: done earlier")
+            && !only.contains(": training "),
+        "{only}"
+    );
+    let reported: ConvergenceReport =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(reported.runs, report.runs[..1]);
     let third = run();
     assert!(third.contains("resuming at 2"), "{third}");
     let resumed: ConvergenceReport =
