@@ -213,7 +213,7 @@ pub fn phases(config: &RunConfig, steps: usize, device: &Device) -> Result<Vec<(
         drain(first_param(&model));
         lap(4, &mut times);
         ema.update(&model.unet, step as u64);
-        drain(first_param(&ema.model));
+        drain(first_param(ema.model()));
         lap(5, &mut times);
         if step > 0 {
             for (t, x) in totals.iter_mut().zip(times) {

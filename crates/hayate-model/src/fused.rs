@@ -104,6 +104,84 @@ fn softmax_last_on(x: Tensor<4>, on: bool) -> Tensor<4> {
     burn::tensor::activation::softmax(x, 3)
 }
 
+/// The scalars of one Adam step (see [`adam_step`]), in f64 as the optimiser computes them.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamScalars {
+    /// beta1 of this step.
+    pub beta1: f64,
+    /// beta2.
+    pub beta2: f64,
+    /// The bias correction sqrt(1 - beta2^t) / (1 - prod beta1).
+    pub factor: f64,
+    /// epsilon times sqrt(1 - beta2^t), added to sqrt(v).
+    pub epsilon: f64,
+    /// The learning rate.
+    pub lr: f64,
+}
+
+/// One Adam step: m = m b1 + g (1 - b1), v = v b2 + g^2 (1 - b2),
+/// p = p - lr (m factor) / (sqrt(v) + epsilon); returns (p, m, v). On the CPU backend for f32
+/// tensors, one pass over the parameter, its gradient and moments, in place where their buffers
+/// are not shared, with the same f32 operations in the same order as the composed tensor ops
+/// (so the same bits); those ops otherwise (where the switch is off: the path to time it
+/// against).
+pub fn adam_step<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    m: Tensor<D>,
+    v: Tensor<D>,
+    s: AdamScalars,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    adam_step_on(param, grad, m, v, s, fused())
+}
+
+/// [`adam_step`] with the switch given rather than read.
+fn adam_step_on<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    m: Tensor<D>,
+    v: Tensor<D>,
+    s: AdamScalars,
+    on: bool,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    #[cfg(feature = "cpu")]
+    if on && [&param, &grad, &m, &v].iter().all(|t| cpu::runs_fused(*t)) {
+        return cpu::adam_step(param, grad, m, v, s);
+    }
+    #[cfg(not(feature = "cpu"))]
+    let _ = on;
+    let m = m.mul_scalar(s.beta1) + grad.clone().mul_scalar(1.0 - s.beta1);
+    let v = v.mul_scalar(s.beta2) + grad.square().mul_scalar(1.0 - s.beta2);
+    let update = m
+        .clone()
+        .mul_scalar(s.factor)
+        .div(v.clone().sqrt().add_scalar(s.epsilon));
+    (param - update.mul_scalar(s.lr), m, v)
+}
+
+/// The EMA update `ema * decay + source * (1 - decay)`: on the CPU backend for f32 tensors in
+/// one pass, in place where `ema`'s buffer is not shared (the same f32 operations as the
+/// composed ops, which run otherwise).
+pub fn ema_mix<const D: usize>(ema: Tensor<D>, source: Tensor<D>, decay: f64) -> Tensor<D> {
+    ema_mix_on(ema, source, decay, fused())
+}
+
+/// [`ema_mix`] with the switch given rather than read.
+fn ema_mix_on<const D: usize>(
+    ema: Tensor<D>,
+    source: Tensor<D>,
+    decay: f64,
+    on: bool,
+) -> Tensor<D> {
+    #[cfg(feature = "cpu")]
+    if on && cpu::runs_fused(&ema) && cpu::runs_fused(&source) {
+        return cpu::ema_mix(ema, source, decay);
+    }
+    #[cfg(not(feature = "cpu"))]
+    let _ = on;
+    ema.mul_scalar(decay) + source.mul_scalar(1.0 - decay)
+}
+
 /// A padding as (top, left, bottom, right), where it does not depend on the input (`Same`
 /// does, and stays with Burn).
 #[cfg(feature = "cpu")]
@@ -130,7 +208,7 @@ mod cpu {
     use rayon::prelude::*;
 
     /// Whether `x` lives on the CPU backend (with or without autodiff) in f32.
-    pub fn runs_fused(x: &Tensor<4>) -> bool {
+    pub fn runs_fused<const D: usize>(x: &Tensor<D>) -> bool {
         let device = x.device().inner();
         matches!(device.as_dispatch(), DispatchDevice::Flex(_)) && x.dtype() == DType::F32
     }
@@ -177,6 +255,119 @@ mod cpu {
         Tensor::from_dispatch(<burn::backend::Dispatch as FusedSoftmax>::softmax_last(
             x.into_dispatch(),
         ))
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub fn adam_step<const D: usize>(
+        param: Tensor<D>,
+        grad: Tensor<D>,
+        m: Tensor<D>,
+        v: Tensor<D>,
+        s: super::AdamScalars,
+    ) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+        let (p, m, v) = <burn::backend::Dispatch as FusedUpdates>::adam(
+            param.into_dispatch(),
+            grad.into_dispatch(),
+            m.into_dispatch(),
+            v.into_dispatch(),
+            [s.beta1, s.beta2, s.factor, s.epsilon, s.lr],
+        );
+        (
+            Tensor::from_dispatch(p),
+            Tensor::from_dispatch(m),
+            Tensor::from_dispatch(v),
+        )
+    }
+
+    pub fn ema_mix<const D: usize>(ema: Tensor<D>, source: Tensor<D>, decay: f64) -> Tensor<D> {
+        Tensor::from_dispatch(<burn::backend::Dispatch as FusedUpdates>::ema(
+            ema.into_dispatch(),
+            source.into_dispatch(),
+            decay,
+        ))
+    }
+
+    /// The optimiser's and the EMA's elementwise updates, on flex (their tensors are off the
+    /// autodiff graph).
+    #[backend_extension(Flex)]
+    pub trait FusedUpdates: Backend {
+        /// One Adam step: (param, m, v) from the parameter, its gradient and the moments, with
+        /// the scalars [beta1, beta2, factor, epsilon, lr] of [`super::AdamScalars`].
+        fn adam(
+            param: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            m: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            scalars: [f64; 5],
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+        /// ema * decay + source * (1 - decay).
+        fn ema(ema: FloatTensor<Self>, source: FloatTensor<Self>, decay: f64) -> FloatTensor<Self>;
+    }
+
+    /// `t` as a uniquely owned contiguous buffer (a copy only where it is shared or a view).
+    fn owned(t: FlexTensor) -> FlexTensor {
+        let whole = t.is_contiguous()
+            && t.as_slice::<f32>()
+                .is_some_and(|s| s.len() == t.layout().shape().num_elements());
+        if whole { t } else { t.to_contiguous() }
+    }
+
+    /// Elements per rayon task of the elementwise updates.
+    const UPDATE_CHUNK: usize = 1 << 14;
+
+    impl FusedUpdates for Flex {
+        fn adam(
+            param: FlexTensor,
+            grad: FlexTensor,
+            m: FlexTensor,
+            v: FlexTensor,
+            [beta1, beta2, factor, epsilon, lr]: [f64; 5],
+        ) -> (FlexTensor, FlexTensor, FlexTensor) {
+            let (mut p, mut m, mut v) = (owned(param), owned(m), owned(v));
+            let (_, g) = values(&grad);
+            // The scalars as the composed ops take them: each f64 expression rounded to f32.
+            let (b1, c1) = (beta1 as f32, (1.0 - beta1) as f32);
+            let (b2, c2) = (beta2 as f32, (1.0 - beta2) as f32);
+            let (factor, epsilon, lr) = (factor as f32, epsilon as f32, lr as f32);
+            let (ps, ms, vs) = (
+                p.storage_mut::<f32>(),
+                m.storage_mut::<f32>(),
+                v.storage_mut::<f32>(),
+            );
+            assert!(
+                ps.len() == g.len() && ms.len() == g.len() && vs.len() == g.len(),
+                "Adam: parameter, gradient and moments differ in size"
+            );
+            ps.par_chunks_mut(UPDATE_CHUNK)
+                .zip(ms.par_chunks_mut(UPDATE_CHUNK))
+                .zip(vs.par_chunks_mut(UPDATE_CHUNK))
+                .zip(g.par_chunks(UPDATE_CHUNK))
+                .for_each(|(((p, m), v), g)| {
+                    for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                        *m = *m * b1 + g * c1;
+                        *v = *v * b2 + (g * g) * c2;
+                        *p -= (*m * factor) / (v.sqrt() + epsilon) * lr;
+                    }
+                });
+            (p, m, v)
+        }
+
+        fn ema(ema: FlexTensor, source: FlexTensor, decay: f64) -> FlexTensor {
+            let mut e = owned(ema);
+            let (_, s) = values(&source);
+            let (d, w) = (decay as f32, (1.0 - decay) as f32);
+            let es = e.storage_mut::<f32>();
+            assert_eq!(es.len(), s.len(), "EMA: average and model differ in size");
+            es.par_chunks_mut(UPDATE_CHUNK)
+                .zip(s.par_chunks(UPDATE_CHUNK))
+                .for_each(|(e, s)| {
+                    for (e, &s) in e.iter_mut().zip(s) {
+                        *e = *e * d + s * w;
+                    }
+                });
+            e
+        }
     }
 
     /// Softmax as Burn dispatches it: to flex, and to autodiff over flex.
@@ -1592,6 +1783,63 @@ mod tests {
             ),
         ] {
             check_conv(batch, channels, kernel, side, stride, padding, input_grad);
+        }
+    }
+
+    fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+        t.clone().into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn fused_adam_and_ema_give_the_composed_ops_bits_and_leave_shared_buffers_alone() {
+        let device = Device::flex();
+        let scalars = AdamScalars {
+            beta1: 0.87,
+            beta2: 0.999,
+            factor: 0.031f64.sqrt() / (1.0 - 0.87f64.powi(3)),
+            epsilon: 1e-8 * 0.031f64.sqrt(),
+            lr: 3e-4,
+        };
+        // Sizes below, at and across the rayon chunk, and a 4-D one.
+        for shape in [
+            vec![7],
+            vec![1 << 14],
+            vec![3, 5, 1 << 11],
+            vec![2, 3, 4, 5],
+        ] {
+            let random = || {
+                Tensor::<1>::random(
+                    [shape.iter().product::<usize>()],
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                )
+            };
+            let (p, g, m) = (random(), random(), random());
+            let v = random().abs();
+            let composed = adam_step_on(p.clone(), g.clone(), m.clone(), v.clone(), scalars, false);
+            // Clones held here share every buffer: the fused op must copy, not overwrite them.
+            let (p0, m0, v0) = (host(&p), host(&m), host(&v));
+            let fused = adam_step_on(p.clone(), g.clone(), m.clone(), v.clone(), scalars, true);
+            assert_eq!(host(&fused.0), host(&composed.0), "parameter, {shape:?}");
+            assert_eq!(host(&fused.1), host(&composed.1), "first moment, {shape:?}");
+            assert_eq!(
+                host(&fused.2),
+                host(&composed.2),
+                "second moment, {shape:?}"
+            );
+            assert_eq!((host(&p), host(&m), host(&v)), (p0, m0, v0), "{shape:?}");
+            assert_ne!(host(&fused.0), host(&p), "the step moved nothing");
+            // Unshared buffers are updated in place, to the same values.
+            let in_place = adam_step_on(p, g.clone(), m, v, scalars, true);
+            assert_eq!(host(&in_place.0), host(&composed.0), "{shape:?}");
+
+            let (e, src) = (random(), random());
+            let composed = ema_mix_on(e.clone(), src.clone(), 0.995, false);
+            let before = host(&e);
+            let shared = ema_mix_on(e.clone(), src.clone(), 0.995, true);
+            assert_eq!(host(&shared), host(&composed), "{shape:?}");
+            assert_eq!(host(&e), before, "{shape:?}");
+            assert_eq!(host(&ema_mix_on(e, src, 0.995, true)), host(&composed));
         }
     }
 

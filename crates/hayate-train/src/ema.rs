@@ -72,8 +72,9 @@ impl EmaSchedule {
 /// The EMA copy of the network, kept off the autodiff graph.
 #[derive(Debug, Clone)]
 pub struct Ema {
-    /// The averaged network.
-    pub model: Network,
+    /// The averaged network: `None` only inside [`Ema::update`], which takes it out so that
+    /// its buffers are not shared while they are updated in place.
+    model: Option<Network>,
     /// Its decay over the updates.
     pub schedule: EmaSchedule,
 }
@@ -81,10 +82,22 @@ pub struct Ema {
 impl Ema {
     /// Starts the average at the current weights.
     pub fn new(model: &Network, schedule: EmaSchedule) -> Self {
+        Self::resume(model.valid(), schedule)
+    }
+
+    /// Continues an average (`model`, off the autodiff graph, as a checkpoint holds it).
+    pub fn resume(model: Network, schedule: EmaSchedule) -> Self {
         Self {
-            model: model.valid(),
+            model: Some(model),
             schedule,
         }
+    }
+
+    /// The averaged network.
+    pub fn model(&self) -> &Network {
+        self.model
+            .as_ref()
+            .expect("the EMA model is only taken out during an update")
     }
 
     /// The decay applied at update `k` (0-based).
@@ -101,7 +114,11 @@ impl Ema {
             sources: collect.0.into_iter(),
             decay: d,
         };
-        self.model = self.model.clone().map(&mut mix);
+        let model = self
+            .model
+            .take()
+            .expect("the EMA model is in place between updates");
+        self.model = Some(model.map(&mut mix));
     }
 }
 
@@ -133,7 +150,7 @@ impl<I: Iterator<Item = Tensor<1>>> ModuleMapper for Mix<I> {
         param.map(|ema| {
             let shape = ema.shape();
             let source = source.to_device(&ema.device()).reshape(shape);
-            ema.mul_scalar(decay) + source.mul_scalar(1.0 - decay)
+            hayate_model::fused::ema_mix(ema, source, decay)
         })
     }
 }
@@ -224,7 +241,7 @@ mod tests {
                 .try_to_vec::<f32>()
                 .unwrap()
         };
-        let (va, vb, ve) = (first(&a), first(&b), first(&ema.model));
+        let (va, vb, ve) = (first(&a), first(&b), first(ema.model()));
         for i in 0..va.len() {
             let expected = 0.75 * va[i] + 0.25 * vb[i];
             assert!((ve[i] - expected).abs() < 1e-6);

@@ -66,23 +66,28 @@ impl Optimizer for ScheduledAdam {
             None => (0, grad.zeros_like(), grad.zeros_like(), 1.0),
         };
         let beta1 = self.momentum.beta1(time as u64);
-        let m = m.mul_scalar(beta1) + grad.clone().mul_scalar(1.0 - beta1);
-        let v = v.mul_scalar(self.beta2) + grad.square().mul_scalar(1.0 - self.beta2);
         let time = time + 1;
         let product = product * beta1;
         let correction2 = 1.0 - self.beta2.powi(time as i32);
         // m_hat / (sqrt(v_hat) + eps), written as Burn's Adam writes it.
-        let factor = correction2.sqrt() / (1.0 - product);
-        let update = m.clone().mul_scalar(factor).div(
-            v.clone()
-                .sqrt()
-                .add_scalar(self.epsilon * correction2.sqrt()),
+        let (tensor, m, v) = hayate_model::fused::adam_step(
+            tensor,
+            grad,
+            m,
+            v,
+            hayate_model::fused::AdamScalars {
+                beta1,
+                beta2: self.beta2,
+                factor: correction2.sqrt() / (1.0 - product),
+                epsilon: self.epsilon * correction2.sqrt(),
+                lr,
+            },
         );
         let state = ScheduledAdamState {
             moments: AdaptiveMomentumState::new(time, m, v),
             beta1_product: product,
         };
-        (tensor - update.mul_scalar(lr), Some(state))
+        (tensor, Some(state))
     }
 
     fn to_device<const D: usize>(mut state: Self::State<D>, device: &Device) -> Self::State<D> {

@@ -284,10 +284,10 @@ pub fn train(
         Some((_, checkpoint)) => {
             learner.load_model(record_from(checkpoint.section("model")?, "model")?);
             learner.load_optim(record_from(checkpoint.section("optimizer")?, "optimizer")?);
-            let ema = Ema {
-                model: load_ema(checkpoint, &inner_device)?,
-                schedule: config.train.ema_schedule(),
-            };
+            let ema = Ema::resume(
+                load_ema(checkpoint, &inner_device)?,
+                config.train.ema_schedule(),
+            );
             (checkpoint.meta.source.clone(), ema)
         }
         None => (
@@ -611,7 +611,7 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
             ("model".into(), model),
             (
                 "ema".into(),
-                record_bytes(run.ema.model.clone().into_record())?,
+                record_bytes(run.ema.model().clone().into_record())?,
             ),
             ("optimizer".into(), optimizer),
         ],
@@ -632,7 +632,7 @@ fn end_of_interval(run: &mut RunState, epoch: usize, mean_loss: f64) -> Result<(
         config: &run.config,
         out: &run.out,
         checkpoint: &path,
-        ema: &run.ema.model,
+        ema: run.ema.model(),
         device: &run.inner_device,
         schedule: &run.schedule,
         images: &run.dataset,
