@@ -256,10 +256,7 @@ impl BenchConfig {
             h.update(self.eval_sampler.name());
         }
         h.update(features);
-        h.finalize()[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        short_hex(h)
     }
 }
 
@@ -284,6 +281,168 @@ pub struct BenchOptions {
     pub inception: bool,
     /// Inception weights (else the default lookup).
     pub inception_weights: Option<PathBuf>,
+    /// Measure every method's step rate side by side first (see [`measure_step_rates`]).
+    pub step_rates: Option<RateSettings>,
+}
+
+/// The step rates' file, in the results folder and in the benchmark's scores folder (so that a
+/// fresh machine reports them too).
+pub const RATES_FILE: &str = "step-rates.json";
+
+/// How [`measure_step_rates`] times the methods.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateSettings {
+    /// Steps timed per method and round (after as many untimed ones).
+    pub steps: u64,
+    /// Rounds over all methods; each method's rate is its median over them.
+    pub rounds: usize,
+}
+
+/// Every method's training speed, measured side by side in one process: wall-clock figures of
+/// runs trained in different sessions are not comparable (shared virtual machines of one kind
+/// differed by 1.32x), so a method's time to quality is its images to quality over its own rate
+/// from here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRates {
+    /// Where they were measured (`hayate bench throughput`'s description).
+    pub processor: String,
+    /// Steps timed per method and round.
+    pub steps: u64,
+    /// Rounds over all methods.
+    pub rounds: usize,
+    /// Per method, in config order.
+    pub methods: Vec<MethodRate>,
+}
+
+/// One method's measured training speed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodRate {
+    /// The method.
+    pub method: String,
+    /// Matches the run settings it was measured with (a changed method is measured again).
+    pub digest: String,
+    /// Training images per second in each round.
+    pub images_per_second: Vec<f64>,
+}
+
+impl MethodRate {
+    /// The median over rounds: one round disturbed by the machine does not move it.
+    pub fn median(&self) -> f64 {
+        let mut v = self.images_per_second.clone();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+        }
+    }
+}
+
+impl StepRates {
+    /// The rate of `method`, if measured.
+    pub fn of(&self, method: &str) -> Option<f64> {
+        self.methods
+            .iter()
+            .find(|m| m.method == method)
+            .map(MethodRate::median)
+    }
+}
+
+/// What a method's step rate depends on: its run settings, less the ones that do not change
+/// the cost of a step (length, seed, checkpointing, logging).
+fn rate_digest(run: &RunConfig) -> String {
+    let mut run = run.clone();
+    run.train.steps = 0;
+    run.train.seed = 0;
+    run.train.checkpoint_every = 0;
+    run.train.keep_checkpoints = 0;
+    run.train.log_every = 0;
+    let mut h = Sha256::new();
+    h.update(run.to_toml());
+    short_hex(h)
+}
+
+/// The first 12 bytes of a digest in hex: enough to tell settings apart in a file name.
+fn short_hex(h: Sha256) -> String {
+    h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Times every method's training steps in one process, in rounds that visit each method in
+/// turn, so that a drift in the machine's speed falls on all of them alike. Each visit trains
+/// a fresh run of the method (first seed) in a scratch folder under `scratch` for
+/// `2 * settings.steps` steps and keeps the rate of the second half, past the first steps'
+/// allocations; checkpointing is excluded and no sample grids are drawn.
+pub fn measure_step_rates(
+    bench: &BenchConfig,
+    settings: RateSettings,
+    images: &Arc<dyn ImageSource>,
+    scratch: &Path,
+    device: &Device,
+) -> Result<StepRates> {
+    ensure!(
+        settings.steps > 0 && settings.rounds > 0,
+        "step rates: give at least one step and one round"
+    );
+    let seed = bench.seeds[0];
+    let mut methods: Vec<MethodRate> = Vec::new();
+    for (index, method) in bench.method.iter().enumerate() {
+        methods.push(MethodRate {
+            method: method.name.clone(),
+            digest: rate_digest(&bench.run_config(index, seed)?),
+            images_per_second: Vec::new(),
+        });
+    }
+    for round in 0..settings.rounds {
+        for (index, method) in bench.method.iter().enumerate() {
+            let mut config = bench.run_config(index, seed)?;
+            config.train.steps = 2 * settings.steps;
+            config.train.checkpoint_every = settings.steps;
+            config.train.keep_checkpoints = 1;
+            config.train.log_every = settings.steps;
+            let dir = scratch.join(slug(&method.name));
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("cannot clear {}", dir.display()))?;
+            }
+            let report = train(
+                &TrainOptions {
+                    config,
+                    data_dir: None,
+                    out: dir.clone(),
+                    resume: false,
+                    init: None,
+                    allow_config_change: false,
+                    devices: Vec::new(),
+                    images: Some(images.clone()),
+                },
+                device,
+                Vec::new(),
+            )
+            .with_context(|| format!("step rate of {}", method.name))?;
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+            let rate = *report
+                .interval_images_per_second
+                .last()
+                .context("the timing run reported no interval")?;
+            eprintln!(
+                "step rate, round {}/{}: {}: {rate:.1} img/s",
+                round + 1,
+                settings.rounds,
+                method.name
+            );
+            methods[index].images_per_second.push(rate);
+        }
+    }
+    Ok(StepRates {
+        processor: crate::processor::Processor::detect().describe(),
+        steps: settings.steps,
+        rounds: settings.rounds,
+        methods,
+    })
 }
 
 /// Where a benchmark's trained runs are kept by default: in the cache
@@ -382,6 +541,10 @@ pub struct ConvergenceReport {
     /// The full recipe the speed-ups are translated to.
     #[serde(default)]
     pub full_recipe: Option<FullRecipe>,
+    /// The methods' step rates measured side by side, where measured (for the methods whose
+    /// settings match).
+    #[serde(default)]
+    pub rates: Option<StepRates>,
 }
 
 /// Steps a curve needs to reach `target` or lower: the first evaluation at or below it, with
@@ -578,6 +741,7 @@ impl ConvergenceReport {
         if !processors.is_empty() {
             out += &format!("Trained on: {}.\n", processors.join("; "));
         }
+        out += &self.wall_clock();
         if let Some(recipe) = &self.full_recipe {
             let hours = recipe.hours();
             out += &format!(
@@ -602,6 +766,52 @@ impl ConvergenceReport {
                     );
                 }
             }
+        }
+        out
+    }
+
+    /// Time to the baseline's final score at each method's own step rate, measured beside the
+    /// baseline's in one run: the images to it over that rate, and the wall-clock speed-up (the
+    /// speed-up in steps times the method's rate over the baseline's).
+    fn wall_clock(&self) -> String {
+        let (Some(rates), Some(baseline)) = (&self.rates, self.methods.first()) else {
+            return String::new();
+        };
+        let Some(base_rate) = rates.of(&baseline.method) else {
+            return String::new();
+        };
+        let mut out = format!(
+            "\nStep rates side by side ({} rounds of {} timed steps each, on {}):\n\n\
+             | method | images/s (median, min-max over rounds) | time per step against the baseline | time to the baseline's \
+             final score at this rate | wall-clock speed-up at it |\n|---|---|---|---|---|\n",
+            rates.rounds, rates.steps, rates.processor
+        );
+        for m in &self.methods {
+            let Some(measured) = rates.methods.iter().find(|r| r.method == m.method) else {
+                out += &format!("| {} | not measured | | | |\n", m.method);
+                continue;
+            };
+            let rate = measured.median();
+            let Some(level) = m.levels.iter().find(|l| l.fraction == 1.0) else {
+                continue;
+            };
+            let seconds: Vec<Option<f64>> =
+                level.images.iter().map(|i| i.map(|i| i / rate)).collect();
+            let wall: Vec<Option<f64>> = level
+                .speedups
+                .iter()
+                .map(|s| s.map(|s| s * rate / base_rate))
+                .collect();
+            let rounds = &measured.images_per_second;
+            let lo = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = rounds.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            out += &format!(
+                "| {} | {rate:.1} ({lo:.1}-{hi:.1}) | {:.2}x | {} | {} |\n",
+                m.method,
+                base_rate / rate,
+                spread(&seconds, |v| format!("{v:.0} s")),
+                spread(&wall, |v| format!("{v:.2}x")),
+            );
         }
         out
     }
@@ -725,6 +935,55 @@ pub fn run(
         &cache,
     )?;
     eprintln!("training images: {}", images.describe());
+    let rates_paths: Vec<PathBuf> = bench
+        .scores
+        .iter()
+        .map(|folder| folder.join(RATES_FILE))
+        .chain([options.out.join(RATES_FILE)])
+        .collect();
+    let rates = match options.step_rates {
+        Some(settings) => {
+            let rates = measure_step_rates(
+                bench,
+                settings,
+                &images,
+                &options.out.join("step-rate-runs"),
+                device,
+            )?;
+            let json = serde_json::to_string_pretty(&rates)?;
+            for path in &rates_paths {
+                if let Some(folder) = path.parent() {
+                    std::fs::create_dir_all(folder)
+                        .with_context(|| format!("cannot create {}", folder.display()))?;
+                }
+                write_atomic(path, json.as_bytes())?;
+            }
+            Some(rates)
+        }
+        None => rates_paths.iter().find_map(|path| {
+            serde_json::from_str::<StepRates>(&std::fs::read_to_string(path).ok()?).ok()
+        }),
+    };
+    // Kept rates of methods whose settings have changed since are dropped.
+    let rates = match rates {
+        Some(mut rates) => {
+            let digests: Vec<(String, String)> = (0..bench.method.len())
+                .map(|i| -> Result<_> {
+                    Ok((
+                        bench.method[i].name.clone(),
+                        rate_digest(&bench.run_config(i, bench.seeds[0])?),
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            rates.methods.retain(|m| {
+                digests
+                    .iter()
+                    .any(|(n, d)| *n == m.method && *d == m.digest)
+            });
+            (!rates.methods.is_empty()).then_some(rates)
+        }
+        None => None,
+    };
     let features = FeatureNetFile::load(&bench.feature_net, device)?;
     if features.info.resolution != resolution {
         bail!(
@@ -933,13 +1192,14 @@ pub fn run(
         }
     }
 
-    let report = summarize(
+    let mut report = summarize(
         runs,
         &bench.method[0].name,
         &bench.levels,
         bench.full_recipe.clone(),
         start.elapsed().as_secs_f64(),
     );
+    report.rates = rates;
     write_atomic(
         &options.out.join("results.json"),
         serde_json::to_string_pretty(&report)?.as_bytes(),
@@ -1038,6 +1298,7 @@ pub fn summarize(
         methods,
         wall_seconds,
         full_recipe,
+        rates: None,
     }
 }
 
@@ -1144,6 +1405,32 @@ timestep_sampler = { kind = "clts", mu = 0.3, sigma = 0.2, lambda_max = 0.5, ram
             base.diffusion.timestep_sampler,
             hayate_schedule::TimestepSamplerConfig::Uniform
         );
+    }
+
+    #[test]
+    fn step_rates_are_kept_per_method_settings_not_per_run_length_or_seed() {
+        let bench = BenchConfig::parse(BENCH).unwrap();
+        let base = bench.run_config(0, 1).unwrap();
+        let mut longer = bench.run_config(0, 2).unwrap();
+        longer.train.steps *= 4;
+        longer.train.checkpoint_every += 1;
+        assert_eq!(rate_digest(&base), rate_digest(&longer));
+        // Other timesteps or a larger batch cost another amount per step.
+        assert_ne!(
+            rate_digest(&base),
+            rate_digest(&bench.run_config(1, 1).unwrap())
+        );
+        let mut bigger = base.clone();
+        bigger.train.batch_size *= 2;
+        assert_ne!(rate_digest(&base), rate_digest(&bigger));
+        let rate = |v: &[f64]| MethodRate {
+            method: "m".into(),
+            digest: String::new(),
+            images_per_second: v.to_vec(),
+        };
+        assert_eq!(rate(&[80.0, 200.0, 70.0]).median(), 80.0);
+        assert_eq!(rate(&[80.0, 200.0, 70.0, 100.0]).median(), 90.0);
+        assert!(rate(&[]).median().is_nan());
     }
 
     #[test]
@@ -1261,6 +1548,45 @@ timestep_sampler = { kind = "clts", mu = 0.3, sigma = 0.2, lambda_max = 0.5, ram
         // 22.2 hours for the baseline; 1.5x leaves 14.8.
         assert!(table.contains("| fast | 14.8 | 7.4 |"), "{table}");
         assert!(table.contains("| base | 22.2 | 0.0 |"), "{table}");
+        // Without measured rates there is no wall-clock table.
+        assert!(!table.contains("Step rates side by side"), "{table}");
+        let mut timed = report.clone();
+        let rate = |method: &str, v: &[f64]| MethodRate {
+            method: method.into(),
+            digest: String::new(),
+            images_per_second: v.to_vec(),
+        };
+        timed.rates = Some(StepRates {
+            processor: "a test processor".into(),
+            steps: 30,
+            rounds: 3,
+            methods: vec![
+                rate("base", &[100.0, 90.0, 110.0]),
+                rate("fast", &[80.0, 200.0, 70.0]),
+            ],
+        });
+        let table = timed.table();
+        assert!(
+            table.contains(
+                "Step rates side by side (3 rounds of 30 timed steps each, on a test processor)"
+            ),
+            "{table}"
+        );
+        // The baseline reaches its final score at step 300 on both seeds: 9,600 images at 100
+        // images/s. "fast" needs 6,400 images on seed 0 at 80 images/s: 80 s, and its 1.5x in
+        // steps is 1.5 * 80 / 100 = 1.2x in wall-clock time; each of its steps costs 1.25x.
+        assert!(
+            table.contains(
+                "| base | 100.0 (90.0-110.0) | 1.00x | 96 s (96 s-96 s) | 1.00x (1.00x-1.00x) |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "| fast | 80.0 (70.0-200.0) | 1.25x | 80 s (80 s-80 s) [1/2] | 1.20x (1.20x-1.20x) [1/2] |"
+            ),
+            "{table}"
+        );
         assert_eq!(value_at(&[(0.0, 0.0), (10.0, 5.0)], 4.0), Some(2.0));
         assert_eq!(value_at(&[(1.0, 0.0), (10.0, 5.0)], 0.5), None);
         assert_eq!(value_at(&[(1.0, 0.0), (10.0, 5.0)], 11.0), None);

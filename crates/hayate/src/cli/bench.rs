@@ -316,6 +316,16 @@ pub struct ConvergenceArgs {
     /// FID's Inception weights (else $HAYATE_INCEPTION_WEIGHTS, else the cached download).
     #[arg(long)]
     pub inception_weights: Option<PathBuf>,
+    /// First time every method's training steps side by side in this process (kept with the
+    /// scores), so that the report gives each method's time to quality at its own step rate.
+    #[arg(long)]
+    pub step_rates: bool,
+    /// With --step-rates: steps timed per method and round (after as many untimed ones).
+    #[arg(long, default_value_t = 30, requires = "step_rates")]
+    pub rate_steps: u64,
+    /// With --step-rates: rounds over all methods (each rate is the median over them).
+    #[arg(long, default_value_t = 3, requires = "step_rates")]
+    pub rate_rounds: usize,
     /// Where to run.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -340,6 +350,12 @@ impl ConvergenceArgs {
                 report_only: self.report_only,
                 inception: !self.no_inception,
                 inception_weights: self.inception_weights,
+                step_rates: self
+                    .step_rates
+                    .then_some(hayate_bench::convergence::RateSettings {
+                        steps: self.rate_steps,
+                        rounds: self.rate_rounds,
+                    }),
             },
             &device,
         )?;

@@ -279,4 +279,68 @@ momentum = {{ beta_end = 0.5, k_start = 1, k_end = 3, shape = "cosine", compensa
     );
     assert_eq!(fresh.matches("done earlier").count(), 2, "{fresh}");
     assert!(!fresh.contains("training 4 steps"), "{fresh}");
+
+    // Step rates: every method timed side by side in rounds, kept with the scores, and the
+    // report gives each method's time to quality at its own rate.
+    let out5 = dir.path().join("out5");
+    let timed = run_with(
+        &config,
+        &[
+            Path::new("--out"),
+            &out5,
+            Path::new("--report-only"),
+            Path::new("--step-rates"),
+            Path::new("--rate-steps"),
+            Path::new("1"),
+            Path::new("--rate-rounds"),
+            Path::new("2"),
+        ],
+    );
+    assert!(
+        timed.contains("step rate, round 2/2: CLTS+MDLRC")
+            && timed.contains("Step rates side by side (2 rounds of 1 timed steps each, on ")
+            && timed.contains("| baseline | ")
+            && !timed.contains("not measured"),
+        "{timed}"
+    );
+    assert!(!out5.join("step-rate-runs/baseline").exists());
+    let rates: hayate_bench::convergence::StepRates =
+        serde_json::from_str(&std::fs::read_to_string(kept.join("step-rates.json")).unwrap())
+            .unwrap();
+    assert_eq!(rates.methods.len(), 2);
+    for m in &rates.methods {
+        assert_eq!(m.images_per_second.len(), 2, "{m:?}");
+        assert!(
+            m.images_per_second
+                .iter()
+                .all(|r| r.is_finite() && *r > 0.0)
+        );
+    }
+    let report: ConvergenceReport =
+        serde_json::from_str(&std::fs::read_to_string(out5.join("results.json")).unwrap()).unwrap();
+    assert_eq!(report.rates.as_ref(), Some(&rates));
+    // A later report finds them kept; a method whose settings changed since is not measured.
+    let changed = dir.path().join("changed.toml");
+    std::fs::write(
+        &changed,
+        text.replace("lambda_max = 0.5", "lambda_max = 0.6"),
+    )
+    .unwrap();
+    let out6 = dir.path().join("out6");
+    let later = run_with(
+        &changed,
+        &[Path::new("--out"), &out6, Path::new("--report-only")],
+    );
+    assert!(later.contains("Step rates side by side"), "{later}");
+    let report: ConvergenceReport =
+        serde_json::from_str(&std::fs::read_to_string(out6.join("results.json")).unwrap()).unwrap();
+    let kept_rates: Vec<&str> = report
+        .rates
+        .as_ref()
+        .unwrap()
+        .methods
+        .iter()
+        .map(|m| m.method.as_str())
+        .collect();
+    assert_eq!(kept_rates, ["baseline"]);
 }
