@@ -12,7 +12,8 @@ use std::path::PathBuf;
 /// Where to run.
 #[derive(Debug, Clone, Args)]
 pub struct DeviceArgs {
-    /// Where to run: auto picks WGPU on a hardware GPU, else the CPU backend.
+    /// Where to run: auto picks CUDA on an NVIDIA driver, else Vulkan, else WGPU on a hardware
+    /// GPU, else the CPU backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
 }

@@ -98,12 +98,13 @@ fn wgpu_losses_match_the_cpu_backend() {
         let _serial = common::one_run_at_a_time();
         run(unet(), vec![Device::flex()], 4, "cpu")
     };
-    let gpu = run(
-        unet(),
-        vec![Device::wgpu(DeviceKind::DefaultDevice)],
-        4,
-        "wgpu",
-    );
+    // Through `Device::vulkan` where the build has it (as `--backend vulkan` opens it): the
+    // SPIR-V compiler's kernels against the CPU's losses.
+    #[cfg(feature = "vulkan")]
+    let one_gpu = Device::vulkan(DeviceKind::DefaultDevice);
+    #[cfg(not(feature = "vulkan"))]
+    let one_gpu = Device::wgpu(DeviceKind::DefaultDevice);
+    let gpu = run(unet(), vec![one_gpu], 4, "wgpu");
     // The DiT's own kernels (layer norm, attention over patches, tanh GELU, adaLN modulation).
     let dit_cpu = {
         let _serial = common::one_run_at_a_time();
