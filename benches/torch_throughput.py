@@ -4,7 +4,11 @@ linear schedule, global-norm clipping at 1.0, Adam, EMA) and the same sampling s
 warm-up on the same machine. Prints one JSON line for hayate to read.
 
 Usage: python benches/torch_throughput.py --preset ddpm_cifar10 --batch 8 --steps 5 [--device cpu]
-       [--ops OPS.json]
+       [--precision f32|tf32|bf16] [--ops OPS.json]
+
+--precision: f32 (the default; TF32 off), tf32 (CUDA's TF32 matrix products and convolutions) or
+bf16 (autocast of the forward to bfloat16, with f32 weights, gradients and optimiser state, as
+hayate's `train.precision = "bf16"`).
 
 With --ops (written by `hayate bench throughput --phases`), also times each listed layer alone,
 forward and backward apart, as hayate's op profile does, and the phases of a step.
@@ -49,8 +53,18 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--sample-steps", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=("f32", "tf32", "bf16"), default="f32")
     parser.add_argument("--ops", help="hayate's op list (JSON) to time layer by layer")
     args = parser.parse_args()
+    # PyTorch's own default for convolutions is TF32 on; f32 means full f32 here.
+    tf32 = args.precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    autocast = torch.autocast(
+        device_type=torch.device(args.device).type,
+        dtype=torch.bfloat16,
+        enabled=args.precision == "bf16",
+    )
     torch.manual_seed(0)
     device = torch.device(args.device)
     layout = LAYOUTS[args.preset]
@@ -70,7 +84,9 @@ def main():
         eps = torch.randn_like(x0)
         ab = alpha_bar[t].view(n, 1, 1, 1)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        loss = torch.nn.functional.mse_loss(model(x_t, t).sample, eps)
+        with autocast:
+            prediction = model(x_t, t).sample
+        loss = torch.nn.functional.mse_loss(prediction.float(), eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -99,7 +115,8 @@ def main():
     @torch.no_grad()
     def sample_step():
         t = torch.full((n,), 500, device=device)
-        return ema(x, t).sample
+        with autocast:
+            return ema(x, t).sample.float()
 
     ema.eval()
     sample_seconds = timed(sample_step, args.sample_steps)
@@ -134,6 +151,7 @@ def main():
                 "preset": args.preset,
                 "params": params,
                 "batch": n,
+                "precision": args.precision,
                 "train_images_per_second": n * args.steps / train_seconds,
                 "sample_image_steps_per_second": n * args.sample_steps / sample_seconds,
                 "conv3x3": conv3x3,

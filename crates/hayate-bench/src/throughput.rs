@@ -88,6 +88,11 @@ pub struct Throughput {
     pub sample_image_steps_per_second: f64,
     /// Peak resident memory of the process in bytes, where the OS reports it (Linux).
     pub peak_rss_bytes: Option<u64>,
+    /// The type the forward computed in.
+    pub precision: hayate_model::Precision,
+    /// Mean training loss over the warm-up steps and over the timed steps: every backend draws
+    /// the same batches, timesteps and noise, so these agree across backends.
+    pub losses: Vec<f64>,
 }
 
 /// Measures `config`'s training step at its batch size (`steps` warm-up steps, then `steps`
@@ -103,6 +108,10 @@ pub fn throughput(
     config.train.steps = 2 * steps;
     config.train.checkpoint_every = steps;
     config.train.keep_checkpoints = 1;
+    // Full learning rate from the first step: a step costs the same at any rate, and under a
+    // warm-up of thousands of steps the zero-initialised output layer would barely move, so
+    // the losses that backends and precisions are compared by would not either.
+    config.train.warmup_steps = 0;
     config.validate()?;
     let unet = config.model.resolve()?;
     let batch = config.train.batch_size;
@@ -130,7 +139,11 @@ pub fn throughput(
         .get(1)
         .context("the timed interval did not run")?;
 
-    let model = init_network(&unet, 0, device);
+    // Sampling in the training precision too (the EMA network cast as a training step casts).
+    let model = hayate_model::cast_params(
+        init_network(&unet, 0, device),
+        config.train.precision.dtype(),
+    );
     let schedule = config.diffusion.schedule()?;
     let sampler = Ddim::new(sample_steps.clamp(1, schedule.steps()), 0.0);
     let run = || {
@@ -153,6 +166,8 @@ pub fn throughput(
         train_flops: 3.0 * unet.forward_flops() as f64 * rate,
         sample_image_steps_per_second: sample_rate,
         peak_rss_bytes: peak_rss(),
+        precision: config.train.precision,
+        losses: report.interval_losses,
     })
 }
 
@@ -169,6 +184,7 @@ pub fn phases(config: &RunConfig, steps: usize, device: &Device) -> Result<Vec<(
     let mut model = DenoisingModel {
         unet: init_network(&unet, 0, &train_device),
         grad_clip: config.train.grad_clip,
+        precision: config.train.precision,
     };
     let batch = config.train.batch_size;
     let images = Arc::new(RandomImages::new(
@@ -328,6 +344,7 @@ pub fn torch_throughput(
     steps: u64,
     sample_steps: usize,
     device: &str,
+    precision: hayate_model::Precision,
     ops: Option<&Path>,
 ) -> Result<serde_json::Value, String> {
     let mut command = std::process::Command::new(python);
@@ -335,7 +352,9 @@ pub fn torch_throughput(
         .arg(script)
         .args(["--preset", preset, "--device", device])
         .args(["--batch", &batch.to_string(), "--steps", &steps.to_string()])
-        .args(["--sample-steps", &sample_steps.to_string()]);
+        .args(["--sample-steps", &sample_steps.to_string()])
+        // bf16 against autocast to bf16; f32 against f32 with TF32 off.
+        .args(["--precision", precision.name()]);
     if let Some(ops) = ops {
         command.arg("--ops").arg(ops);
     }

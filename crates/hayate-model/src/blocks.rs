@@ -99,13 +99,16 @@ impl TimestepEmbedding {
             .map(|i| (-(10000f64.ln()) * i as f64 / denom).exp() as f32)
             .collect();
         let freqs = Tensor::<1>::from_data(TensorData::new(freqs, [half]), &t.device());
-        let angles = t.reshape([n, 1]) * freqs.reshape([1, half]);
+        let angles =
+            t.cast(burn::tensor::FloatDType::F32).reshape([n, 1]) * freqs.reshape([1, half]);
         let waves = if self.glide {
             vec![angles.clone().cos(), angles.sin()]
         } else {
             vec![angles.clone().sin(), angles.cos()]
         };
-        let emb = Tensor::cat(waves, 1);
+        // The sinusoids in f32 (t near 1000 has no bf16 neighbours 1 apart), then the MLP in
+        // its weights' type.
+        let emb = Tensor::cat(waves, 1).cast(self.dense0.weight.val().dtype());
         self.dense1.forward(silu(self.dense0.forward(emb)))
     }
 }

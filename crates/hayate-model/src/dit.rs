@@ -260,9 +260,11 @@ fn zero_linear(input: usize, output: usize, device: &Device) -> Linear {
 
 /// Layer norm over the last axis without a learned scale or shift.
 fn layer_norm(x: Tensor<3>) -> Tensor<3> {
+    // In f32 under bf16, as autocast runs it.
+    let (x, dtype) = crate::precision::widen(x);
     let centred = x.clone() - x.mean_dim(2);
     let var = centred.clone().powi_scalar(2).mean_dim(2);
-    centred / var.add_scalar(NORM_EPS).sqrt()
+    (centred / var.add_scalar(NORM_EPS).sqrt()).cast(dtype)
 }
 
 /// adaLN's modulation: `x * (1 + scale) + shift`, `shift` and `scale` being `[n, 1, d]`.
@@ -354,6 +356,11 @@ pub struct DiT {
 }
 
 impl DiT {
+    /// The type of its patch embedding's weight: the type it computes in.
+    pub(crate) fn first_weight_dtype(&self) -> burn::tensor::DType {
+        self.patch_embed.weight.val().dtype()
+    }
+
     /// Side length of the images the network was built for.
     pub fn resolution(&self) -> usize {
         self.resolution
@@ -396,6 +403,7 @@ impl DiT {
             TensorData::new(position_embedding(rows, cols, d), [tokens * d]),
             &device,
         )
+        .cast(self.patch_embed.weight.val().dtype())
         .reshape([1, tokens, d]);
         let mut h = self
             .patch_embed

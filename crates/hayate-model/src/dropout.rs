@@ -101,7 +101,11 @@ impl DropoutMasks {
                 .bitwise_xor(images.reshape([n, 1]).expand([n, per_image])),
         );
         let threshold = (prob * (MASK + 1) as f64).round() as i64;
-        let keep = mixed.greater_equal_elem(threshold).float().reshape(dims);
+        let keep = mixed
+            .greater_equal_elem(threshold)
+            .float()
+            .cast(x.dtype())
+            .reshape(dims);
         x * keep.mul_scalar(1.0 / (1.0 - prob))
     }
 

@@ -38,6 +38,12 @@ pub fn group_norm(norm: &GroupNorm, x: Tensor<4>, with_silu: bool) -> Tensor<4> 
 /// [`group_norm`] with the switch given rather than read (tests flip it per call, not for the
 /// whole process, which other tests share).
 fn group_norm_on(norm: &GroupNorm, x: Tensor<4>, with_silu: bool, on: bool) -> Tensor<4> {
+    // Under bf16 the statistics and the affine step run in f32, as autocast runs GroupNorm.
+    if x.dtype() != burn::tensor::DType::F32 {
+        let (x, dtype) = crate::precision::widen(x);
+        let norm = crate::precision::cast_params(norm.clone(), burn::tensor::FloatDType::F32);
+        return group_norm_on(&norm, x, with_silu, on).cast(dtype);
+    }
     #[cfg(feature = "cpu")]
     if let (true, Some(gamma), Some(beta)) = (on, &norm.gamma, &norm.beta)
         && cpu::runs_fused(&x)
@@ -95,6 +101,11 @@ pub fn softmax_last(x: Tensor<4>) -> Tensor<4> {
 
 /// [`softmax_last`] with the switch given rather than read.
 fn softmax_last_on(x: Tensor<4>, on: bool) -> Tensor<4> {
+    // In f32 under bf16, as autocast runs the softmax.
+    if x.dtype() != burn::tensor::DType::F32 {
+        let (x, dtype) = crate::precision::widen(x);
+        return softmax_last_on(x, on).cast(dtype);
+    }
     #[cfg(feature = "cpu")]
     if on && cpu::runs_fused(&x) {
         return cpu::softmax(x);

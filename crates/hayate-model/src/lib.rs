@@ -21,6 +21,7 @@ mod dit;
 mod dropout;
 pub mod fused;
 mod network;
+pub mod precision;
 mod unet;
 
 pub use blocks::{
@@ -32,4 +33,5 @@ pub use diffusers::HostTensor;
 pub use dit::{DiT, DiTConfig};
 pub use dropout::{DropoutKey, DropoutMasks};
 pub use network::{Network, NetworkConfig};
+pub use precision::{Precision, cast_params};
 pub use unet::UNet;

@@ -5,6 +5,7 @@ use burn::module::{
     Content, Devices, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper, ModuleVisitor,
 };
 use burn::prelude::*;
+use burn::tensor::{DType, FloatDType};
 
 /// The configuration of a [`Network`]: a UNet or a DiT.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,10 +156,12 @@ impl Network {
         t: Tensor<1>,
         labels: Option<Tensor<1, Int>>,
     ) -> Tensor<4> {
+        let x = x.cast(self.dtype());
         match self {
             Self::UNet(m) => m.forward_labelled(x, t, labels),
             Self::DiT(m) => m.forward_labelled(x, t, labels),
         }
+        .cast(FloatDType::F32)
     }
 
     /// The training forward pass: the UNet's residual blocks apply their dropout with masks
@@ -170,9 +173,27 @@ impl Network {
         labels: Option<Tensor<1, Int>>,
         dropout: DropoutKey,
     ) -> Tensor<4> {
+        let x = x.cast(self.dtype());
         match self {
             Self::UNet(m) => m.forward_training(x, t, labels, dropout),
             Self::DiT(m) => m.forward_labelled(x, t, labels),
+        }
+        .cast(FloatDType::F32)
+    }
+
+    /// The float type the network computes in, its parameters' (f32 unless cast with
+    /// [`cast_params`](crate::cast_params)). The forward takes f32 images and timesteps in
+    /// either case and returns f32.
+    pub fn dtype(&self) -> FloatDType {
+        let weight = match self {
+            Self::UNet(m) => m.first_weight_dtype(),
+            Self::DiT(m) => m.first_weight_dtype(),
+        };
+        match weight {
+            DType::BF16 => FloatDType::BF16,
+            DType::F16 => FloatDType::F16,
+            DType::F64 => FloatDType::F64,
+            _ => FloatDType::F32,
         }
     }
 }

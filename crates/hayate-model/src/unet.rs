@@ -162,6 +162,11 @@ impl UNetConfig {
 }
 
 impl UNet {
+    /// The type of its first convolution's weight: the type it computes in.
+    pub(crate) fn first_weight_dtype(&self) -> burn::tensor::DType {
+        self.conv_in.weight.val().dtype()
+    }
+
     /// Side length of the images the network was built for.
     pub fn resolution(&self) -> usize {
         self.resolution

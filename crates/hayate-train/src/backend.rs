@@ -101,6 +101,13 @@ pub fn select_devices(choice: BackendChoice, indices: &[usize]) -> Result<(Vec<D
     };
     match choice {
         BackendChoice::Cuda => {
+            if !cfg!(feature = "cuda") {
+                anyhow::bail!(
+                    "--devices {}: this build of hayate has no CUDA backend (build with the \
+                     `cuda` feature)",
+                    indices[0]
+                );
+            }
             let count = cuda_devices().unwrap_or(0);
             if let Some(&missing) = indices.iter().find(|&&i| i >= count) {
                 anyhow::bail!(
@@ -337,6 +344,7 @@ pub fn cuda_devices() -> Option<usize> {
     (count > 0).then_some(count as usize)
 }
 
+/// How many CUDA devices the NVIDIA driver sees: none in a build without the `cuda` feature.
 #[cfg(not(feature = "cuda"))]
 pub fn cuda_devices() -> Option<usize> {
     None

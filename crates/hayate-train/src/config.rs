@@ -2,7 +2,7 @@
 
 use crate::ema::EmaSchedule;
 use anyhow::{Context, Result, bail};
-use hayate_model::{DownsamplePadding, NetworkConfig, UNetConfig};
+use hayate_model::{DownsamplePadding, NetworkConfig, Precision, UNetConfig};
 use hayate_schedule::ddpm::PosteriorVariance;
 use hayate_schedule::{
     BetaSchedule, LossWeight, MomentumDecay, MomentumSchedule, NoiseAssignment, NoiseSchedule,
@@ -398,6 +398,10 @@ pub struct TrainConfig {
     pub label_dropout: f64,
     /// The seed every random stream derives from (overridden by `--seed`).
     pub seed: u64,
+    /// The type the network's forward computes in: "f32", or "bf16" (on the CPU and CUDA
+    /// backends), with f32 weights, gradients, optimiser state, EMA and checkpoints either way.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -421,6 +425,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             label_dropout: 0.0,
             seed: 0,
+            precision: Precision::F32,
         }
     }
 }

@@ -5,7 +5,8 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::train::metric::{Adaptor, ItemLazy, LossInput};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
-use hayate_model::{DropoutKey, Network};
+use hayate_model::{DropoutKey, Network, Precision, cast_params};
+use std::borrow::Cow;
 
 /// The denoiser as the Learner trains it: the loss, and gradients clipped by their global norm.
 #[derive(Module, Debug)]
@@ -15,6 +16,9 @@ pub struct DenoisingModel {
     pub unet: Network,
     /// Clip the global gradient norm to this (0 disables).
     pub grad_clip: f64,
+    /// The type the forward computes in; the parameters stay f32.
+    #[module(skip)]
+    pub precision: Precision,
 }
 
 /// One prepared batch: everything random was drawn on the host before it reached the device.
@@ -76,7 +80,13 @@ impl DenoisingModel {
     /// The batch's loss (as [`loss`](Self::loss)) and each sample's unweighted squared error,
     /// detached from the graph.
     pub fn losses(&self, batch: &DenoisingBatch) -> (Tensor<1>, Tensor<1>) {
-        let out = self.unet.forward_training(
+        // A bf16 copy of the f32 network per step: the casts are in the graph, so the
+        // gradients reach the f32 parameters; the output comes back in f32 for the loss.
+        let unet = match self.precision {
+            Precision::F32 => Cow::Borrowed(&self.unet),
+            precision => Cow::Owned(cast_params(self.unet.clone(), precision.dtype())),
+        };
+        let out = unet.forward_training(
             batch.x_t.clone(),
             batch.t.clone(),
             batch.labels.clone(),
@@ -285,4 +295,101 @@ pub fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_
         .mul_scalar(max_norm)
         .clamp_max(1.0);
     module.visit(&mut Scale { grads, factor });
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+    use burn::tensor::{DType, Distribution};
+    use hayate_model::UNetConfig;
+
+    /// Every parameter's gradient, flattened, in visiting order, with its type.
+    fn gradients(model: &DenoisingModel, grads: &GradientsParams) -> Vec<(DType, Vec<f32>)> {
+        struct Collect<'a>(&'a GradientsParams, Vec<(DType, Vec<f32>)>);
+        impl ModuleVisitor for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let grad = self
+                    .0
+                    .get::<D>(param.id)
+                    .expect("every parameter has a gradient");
+                let dtype = grad.dtype();
+                self.1
+                    .push((dtype, grad.into_data().iter::<f32>().collect()));
+            }
+        }
+        let mut collect = Collect(grads, Vec::new());
+        model.visit(&mut collect);
+        collect.1
+    }
+
+    #[test]
+    fn a_bf16_forward_gives_f32_gradients_close_to_the_f32_ones() {
+        let device = Device::flex().autodiff();
+        // Every weight moved off its initial value: the output convolution starts at zero,
+        // which would make both losses equal and most gradients vanish.
+        struct Perturb;
+        impl burn::module::ModuleMapper for Perturb {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                param.map(|t| {
+                    let noise = t.random_like(Distribution::Normal(0.0, 0.05));
+                    (t + noise).detach().require_grad()
+                })
+            }
+        }
+        let unet = hayate_model::Network::UNet(UNetConfig::tiny().init(&device));
+        let f32_model = DenoisingModel {
+            unet: unet.map(&mut Perturb),
+            grad_clip: 0.0,
+            precision: Precision::F32,
+        };
+        let bf16_model = DenoisingModel {
+            precision: Precision::Bf16,
+            ..f32_model.clone()
+        };
+        let n = 2;
+        let batch = DenoisingBatch {
+            x_t: Tensor::random([n, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device),
+            t: Tensor::from_floats([17.0, 871.0], &device),
+            target: Tensor::random([n, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device),
+            weight: Tensor::ones([n], &device),
+            labels: None,
+            mean_t_over_t: 0.5,
+            dropout: DropoutKey {
+                seed: 1,
+                first_image: 0,
+            },
+        };
+        let (loss32, loss16) = (f32_model.loss(&batch), bf16_model.loss(&batch));
+        assert_eq!(loss16.dtype(), DType::F32, "the loss is computed in f32");
+        let (l32, l16) = (
+            loss32.clone().into_scalar::<f32>() as f64,
+            loss16.clone().into_scalar::<f32>() as f64,
+        );
+        assert!(
+            (l32 - l16).abs() < 0.02 * l32,
+            "f32 loss {l32}, bf16 loss {l16}"
+        );
+        assert_ne!(l32, l16, "the bf16 model computed in f32");
+        let g32 = gradients(&f32_model, &f32_model.gradients(&loss32));
+        let g16 = gradients(&bf16_model, &bf16_model.gradients(&loss16));
+        assert_eq!(g32.len(), g16.len());
+        // Each tensor's gradient points the same way (bf16 keeps 8 bits of mantissa; 0.9998 or
+        // more seen). Biases that a normalisation or the softmax cancels have gradients of
+        // rounding noise only (norms near 1e-10 against 1e-1): their direction means nothing.
+        let norm = |v: &[f32]| v.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt();
+        let largest = g32.iter().map(|(_, a)| norm(a)).fold(0.0, f64::max);
+        let mut compared = 0;
+        for (i, ((d32, a), (d16, b))) in g32.iter().zip(&g16).enumerate() {
+            assert_eq!((*d32, *d16), (DType::F32, DType::F32), "parameter {i}");
+            let (na, nb) = (norm(a), norm(b));
+            if na < 1e-6 * largest {
+                continue;
+            }
+            let dot: f64 = a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum();
+            let cosine = dot / (na * nb);
+            assert!(cosine > 0.99, "parameter {i}: cosine {cosine}");
+            compared += 1;
+        }
+        assert!(compared > g32.len() * 3 / 4, "{compared} of {}", g32.len());
+    }
 }

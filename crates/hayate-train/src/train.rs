@@ -267,9 +267,18 @@ pub fn train(
         (Some(path), None) => init_from(path, &unet_config, unet)?,
         _ => unet,
     };
+    let precision = config.train.precision;
+    if !precision.supported_on(device) {
+        bail!(
+            "train.precision = \"{precision}\": the device ({device:?}) has no {precision} \
+             arithmetic (WGSL has no bf16; Vulkan stores it but cannot compute in it); use \
+             --backend cuda or cpu for {precision}, or precision \"f32\""
+        );
+    }
     let model = DenoisingModel {
         unet,
         grad_clip: config.train.grad_clip,
+        precision,
     };
     let optimizer = config.train.optimizer();
     let start_step = resume_from.as_ref().map_or(0, |(_, c)| c.step());

@@ -65,6 +65,10 @@ pub struct ThroughputArgs {
     /// Where to run.
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// The type the forward computes in (overrides the config's train.precision): f32, or bf16
+    /// with f32 weights (CPU and CUDA backends).
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<hayate_model::Precision>,
     /// The Python with torch and diffusers for the comparison ($HAYATE_PYTHON, else python3).
     #[arg(long)]
     pub python: Option<String>,
@@ -93,6 +97,9 @@ impl ThroughputArgs {
             (None, None) => bail!("give --preset or --config"),
         };
         run_config.train.batch_size = batch;
+        if let Some(precision) = self.precision {
+            run_config.train.precision = precision;
+        }
         let name = run_config.model.preset.clone();
         let (device, why) = self.device.select()?;
         // Every CPU figure names its processor: ratios to PyTorch differ between processors.
@@ -193,6 +200,7 @@ impl ThroughputArgs {
             self.steps,
             self.sample_steps,
             torch_device,
+            ours.precision,
             ops,
         );
         match torch {
@@ -208,8 +216,8 @@ impl ThroughputArgs {
 /// hayate's own figures.
 fn print_ours(name: &str, batch: usize, why: &str, ours: &Throughput) {
     println!(
-        "hayate: {name} ({} parameters), batch {batch}, on {why}",
-        ours.params
+        "hayate: {name} ({} parameters), batch {batch}, {}, on {why}",
+        ours.params, ours.precision
     );
     let memory = ours.peak_rss_bytes.map_or("not reported".into(), |b| {
         format!("{:.2} GB", b as f64 / 1e9)
@@ -434,5 +442,14 @@ impl FeatureNetArgs {
             start.elapsed().as_secs_f64()
         );
         Ok(())
+    }
+}
+
+/// `--precision`: the names configs use.
+fn parse_precision(name: &str) -> Result<hayate_model::Precision, String> {
+    match name {
+        "f32" => Ok(hayate_model::Precision::F32),
+        "bf16" => Ok(hayate_model::Precision::Bf16),
+        _ => Err(format!("{name:?} is not a precision (f32 or bf16)")),
     }
 }

@@ -139,6 +139,28 @@ pub fn module_parameters<M: Module>(module: &M) -> Vec<f32> {
 
 /// Every parameter value of a checkpoint's `model` (training) or `ema` network, in order.
 pub fn parameters(checkpoint: &Checkpoint, section: &str) -> Vec<f32> {
+    let mut collect = Collect(Vec::new());
+    visit_section(checkpoint, section, &mut collect);
+    collect.0
+}
+
+struct Dtypes(Vec<burn::tensor::DType>);
+
+impl ModuleVisitor for Dtypes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push(param.val().dtype());
+    }
+}
+
+/// The type of every parameter of a checkpoint's `model` or `ema` network, as stored.
+pub fn parameter_dtypes(checkpoint: &Checkpoint, section: &str) -> Vec<burn::tensor::DType> {
+    let mut dtypes = Dtypes(Vec::new());
+    visit_section(checkpoint, section, &mut dtypes);
+    dtypes.0
+}
+
+/// Loads a checkpoint's `model` (training) or `ema` network on the CPU and visits it.
+fn visit_section<V: ModuleVisitor>(checkpoint: &Checkpoint, section: &str, visitor: &mut V) {
     let device = Device::flex();
     let config = checkpoint.meta.config.model.resolve().unwrap();
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(
@@ -146,13 +168,14 @@ pub fn parameters(checkpoint: &Checkpoint, section: &str) -> Vec<f32> {
     ))
     .unwrap();
     if section == "ema" {
-        module_parameters(&config.init(&device).load_record(record))
+        config.init(&device).load_record(record).visit(visitor)
     } else {
         let model = DenoisingModel {
             unet: config.init(&device),
             grad_clip: 1.0,
+            precision: Default::default(),
         };
-        module_parameters(&model.load_record(record))
+        model.load_record(record).visit(visitor)
     }
 }
 
