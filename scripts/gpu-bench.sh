@@ -8,7 +8,7 @@
 #
 #   scripts/gpu-bench.sh --pack [--binary PATH]  here, with the toolchain and the registries:
 #       builds the release binary with CUDA (which needs GitHub too, see the README's Features;
-#       PACK_FEATURES= builds it without) and bundles into gpu-bench/ (ignored by git; give it
+#       PACK_FEATURES=vulkan builds it without) and bundles into gpu-bench/ (ignored by git; give it
 #       to the machine as a carried path) what that machine lacks: the binary (stripped,
 #       xz-compressed), the Vulkan loader and diffusers' wheels. Under 64 MiB with the tree.
 #   scripts/gpu-bench.sh [--out DIR]             there, from the repository root; DIR defaults
@@ -131,9 +131,9 @@ run_part() {
 if [ "$mode" = pack ]; then
   if [ -z "$binary" ]; then
     # burn-cuda's build downloads an LLVM bundle from GitHub (see the README's Features); where
-    # GitHub is out of reach, PACK_FEATURES= packs a binary without CUDA (its part then fails,
-    # saying so).
-    cargo build --release -p hayate --features "${PACK_FEATURES-cuda}"
+    # GitHub is out of reach, PACK_FEATURES=vulkan packs a binary without CUDA (its part then
+    # fails, saying so). With `vulkan` built in, the wgpu part compiles SPIR-V on Vulkan too.
+    cargo build --release -p hayate --features "${PACK_FEATURES-cuda,vulkan}"
     binary="${CARGO_TARGET_DIR:-target}/release/hayate"
   fi
   pack "$bundle" yes
