@@ -179,7 +179,7 @@ def main():
             f"| {r['engine']} | {r['backend']} | {r['precision']} "
             f"| {fmt(r.get('train_images_per_second'), '.1f')} "
             f"| {fmt(r.get('vs_torch'), '.2f')}{'x' if r.get('vs_torch') else ''} "
-            f"| {fmt((r.get('train_flops') or 0) / 1e12 or None, '.2f')} "
+            f"| {fmt(r['train_flops'] / 1e12 if r.get('train_flops') else None, '.2f')} "
             f"| {fmt(r.get('peak_fraction'), '.1%')} "
             f"| {fmt(r.get('sample_image_steps_per_second'), '.1f')} "
             f"| {fmt(r.get('sampling_vs_torch'), '.2f')}{'x' if r.get('sampling_vs_torch') else ''} "

@@ -403,7 +403,7 @@ impl DiT {
             TensorData::new(position_embedding(rows, cols, d), [tokens * d]),
             &device,
         )
-        .cast(self.patch_embed.weight.val().dtype())
+        .cast(self.first_weight_dtype())
         .reshape([1, tokens, d]);
         let mut h = self
             .patch_embed

@@ -184,16 +184,10 @@ impl Network {
     /// The float type the network computes in, its parameters' (f32 unless cast with
     /// [`cast_params`](crate::cast_params)). The forward takes f32 images and timesteps in
     /// either case and returns f32.
-    pub fn dtype(&self) -> FloatDType {
-        let weight = match self {
+    pub fn dtype(&self) -> DType {
+        match self {
             Self::UNet(m) => m.first_weight_dtype(),
             Self::DiT(m) => m.first_weight_dtype(),
-        };
-        match weight {
-            DType::BF16 => FloatDType::BF16,
-            DType::F16 => FloatDType::F16,
-            DType::F64 => FloatDType::F64,
-            _ => FloatDType::F32,
         }
     }
 }

@@ -52,6 +52,18 @@ impl Precision {
     }
 }
 
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// The names configs use ([`Precision::name`]).
+    fn from_str(name: &str) -> Result<Self, String> {
+        [Self::F32, Self::Bf16]
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| format!("{name:?} is not a precision (f32 or bf16)"))
+    }
+}
+
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -81,4 +93,18 @@ pub fn cast_params<M: Module>(module: M, dtype: FloatDType) -> M {
 pub(crate) fn widen<const D: usize>(x: Tensor<D>) -> (Tensor<D>, DType) {
     let dtype = x.dtype();
     (x.cast(FloatDType::F32), dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back_and_others_are_refused() {
+        for precision in [Precision::F32, Precision::Bf16] {
+            assert_eq!(precision.name().parse::<Precision>(), Ok(precision));
+        }
+        let err = "f16".parse::<Precision>().unwrap_err();
+        assert!(err.contains("\"f16\"") && err.contains("bf16"), "{err}");
+    }
 }

@@ -67,7 +67,7 @@ pub struct ThroughputArgs {
     pub device: DeviceArgs,
     /// The type the forward computes in (overrides the config's train.precision): f32, or bf16
     /// with f32 weights (CPU and CUDA backends).
-    #[arg(long, value_parser = parse_precision)]
+    #[arg(long)]
     pub precision: Option<hayate_model::Precision>,
     /// The Python with torch and diffusers for the comparison ($HAYATE_PYTHON, else python3).
     #[arg(long)]
@@ -442,14 +442,5 @@ impl FeatureNetArgs {
             start.elapsed().as_secs_f64()
         );
         Ok(())
-    }
-}
-
-/// `--precision`: the names configs use.
-fn parse_precision(name: &str) -> Result<hayate_model::Precision, String> {
-    match name {
-        "f32" => Ok(hayate_model::Precision::F32),
-        "bf16" => Ok(hayate_model::Precision::Bf16),
-        _ => Err(format!("{name:?} is not a precision (f32 or bf16)")),
     }
 }
