@@ -28,6 +28,12 @@ pub struct Cli {
     /// backend): the path to time or check the fused ops against.
     #[arg(long, global = true)]
     pub composed_ops: bool,
+    /// On the CPU backend, compute the input gradient of a stride-1 convolution into few
+    /// channels (a UNet's last layer) as Burn's transposed convolution, as every other layer's,
+    /// rather than as a forward convolution by the turned kernel: the path to time or check
+    /// the turned one against.
+    #[arg(long, global = true)]
+    pub transposed_input_gradient: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -70,6 +76,7 @@ pub enum Command {
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     hayate_model::fused::set_fused(!cli.composed_ops);
+    hayate_model::fused::set_turned_input_gradient(!cli.transposed_input_gradient);
     match cli.command {
         Command::Train(args) => args.run(),
         Command::Sample(args) => args.run(),
