@@ -25,6 +25,20 @@ pub fn fused() -> bool {
     FUSED.load(Ordering::Relaxed)
 }
 
+static POINTWISE_PRODUCTS: AtomicBool = AtomicBool::new(true);
+
+/// Chooses how the fused CPU convolution runs a 1x1 stride-1 layer (for the whole process): on
+/// (the default), as batched products on the tensors as they lie; off, through the column
+/// matrix as every other kernel size: the path to time the products against.
+pub fn set_pointwise_products(on: bool) {
+    POINTWISE_PRODUCTS.store(on, Ordering::Relaxed);
+}
+
+/// Whether 1x1 layers run as direct products (see [`set_pointwise_products`]).
+pub fn pointwise_products() -> bool {
+    POINTWISE_PRODUCTS.load(Ordering::Relaxed)
+}
+
 static TURNED_INPUT_GRADIENT: AtomicBool = AtomicBool::new(true);
 
 /// Chooses how the fused CPU convolution computes the input gradient of a stride-1 layer into
@@ -82,9 +96,11 @@ fn group_norm_on(norm: &GroupNorm, x: Tensor<4>, with_silu: bool, on: bool) -> T
 
 /// `conv.forward(x)`: on the CPU backend, for an f32 convolution with a bias, no groups and no
 /// dilation, im2col (over blocks of images where the whole batch's would be large) and one
-/// matrix product per block for the output and for the weight gradient (flex runs a product per image
-/// and 512-pixel tile, and its weight gradient as a convolution over swapped dimensions); the
-/// input gradient and every other convolution are Burn's.
+/// matrix product per block for the output and for the weight gradient (flex runs a product
+/// per image and 512-pixel tile, and its weight gradient as a convolution over swapped
+/// dimensions); a 1x1 stride-1 layer as batched products with no column matrix at all. The
+/// input gradient is Burn's transposed convolution, except into few channels (see
+/// [`set_turned_input_gradient`]); every other convolution is Burn's.
 ///
 /// # Shapes
 /// - `x`: `[batch, in_channels, h, w]`
@@ -775,6 +791,16 @@ mod cpu {
             }
         }
 
+        /// A 1x1 kernel at stride 1 without padding: each image's output is the weight
+        /// [c_out, c_in] times the image [c_in, h * w] as it lies, with no column matrix.
+        fn pointwise(&self) -> bool {
+            super::pointwise_products()
+                && self.kh == 1
+                && self.kw == 1
+                && self.g.stride == [1, 1]
+                && self.g.pad == [0; 4]
+        }
+
         /// Rows of the column matrix: one per input channel and kernel position.
         fn k(&self) -> usize {
             self.c_in * self.kh * self.kw
@@ -924,6 +950,89 @@ mod cpu {
         <Flex as burn::backend::ops::FloatTensorOps<Flex>>::float_matmul(lhs, rhs)
     }
 
+    /// A 1x1 convolution's output as one batched product, the weight [1, c_out, c_in] by the
+    /// images [n, c_in, h * w], which lands in [n, c_out, h * w] order: no column matrix (a copy
+    /// of the input) and no reordering of the product, which the im2col path needs.
+    fn pointwise_forward(
+        x: &FlexTensor,
+        weight: &FlexTensor,
+        bias: &[f32],
+        s: &ConvSizes,
+    ) -> FlexTensor {
+        let plane = s.out_plane();
+        let product = flex_matmul(
+            weight.reshape(burn::tensor::Shape::from(vec![1, s.c_out, s.c_in])),
+            x.reshape(burn::tensor::Shape::from(vec![s.n, s.c_in, plane])),
+        );
+        let mut out = owned(product);
+        out.storage_mut::<f32>()
+            .par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(i, dst)| {
+                let b = bias[i % s.c_out];
+                dst.iter_mut().for_each(|d| *d += b);
+            });
+        out.reshape(burn::tensor::Shape::from(vec![s.n, s.c_out, s.oh, s.ow]))
+    }
+
+    /// A 1x1 convolution's input gradient, the turned weight [1, c_in, c_out] (a view) by the
+    /// output gradient [n, c_out, h * w], and weight gradient, the sum over images of
+    /// dY [c_out, h * w] by the image's transpose [h * w, c_in] (a view): batched products on
+    /// the tensors as they lie.
+    fn pointwise_backward(
+        x: &FlexTensor,
+        weight: &FlexTensor,
+        grad: &FlexTensor,
+        s: &ConvSizes,
+        [need_x, need_w]: [bool; 2],
+    ) -> [Option<FlexTensor>; 2] {
+        let shape = |d: Vec<usize>| burn::tensor::Shape::from(d);
+        let plane = s.out_plane();
+        let dy = grad.reshape(shape(vec![s.n, s.c_out, plane]));
+        let dx = need_x.then(|| {
+            let w = weight
+                .reshape(shape(vec![1, s.c_out, s.c_in]))
+                .transpose(1, 2);
+            flex_matmul(w, dy.clone()).reshape(shape(vec![s.n, s.c_in, s.h, s.w]))
+        });
+        let dw = need_w.then(|| {
+            let xt = x.reshape(shape(vec![s.n, s.c_in, plane])).transpose(1, 2);
+            let per_image = flex_matmul(dy.clone(), xt);
+            let (_, per_image) = values(&per_image);
+            let size = s.c_out * s.c_in;
+            let mut dw = vec![0f32; size];
+            dw.par_chunks_mut(UPDATE_CHUNK)
+                .enumerate()
+                .for_each(|(i, dst)| {
+                    for b in 0..s.n {
+                        let src = &per_image[b * size + i * UPDATE_CHUNK..][..dst.len()];
+                        dst.iter_mut().zip(src).for_each(|(d, v)| *d += v);
+                    }
+                });
+            tensor(dw, vec![s.c_out, s.c_in, 1, 1])
+        });
+        [dx, dw]
+    }
+
+    /// The bias gradient: the output gradient summed over images and positions, per channel.
+    fn bias_gradient(grad: &FlexTensor, s: &ConvSizes) -> FlexTensor {
+        bias_gradient_of(&values(grad).1, s)
+    }
+
+    fn bias_gradient_of(grad: &[f32], s: &ConvSizes) -> FlexTensor {
+        let plane = s.out_plane();
+        let db: Vec<f32> = (0..s.c_out)
+            .into_par_iter()
+            .map(|c| {
+                (0..s.n)
+                    .flat_map(|b| &grad[(b * s.c_out + c) * plane..][..plane])
+                    .map(|&v| v as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        tensor(db, vec![s.c_out])
+    }
+
     impl ConvKernels for Flex {
         fn conv_forward(
             x: FlexTensor,
@@ -931,6 +1040,11 @@ mod cpu {
             bias: FlexTensor,
             geometry: Geometry,
         ) -> FlexTensor {
+            let s = ConvSizes::of(x.layout().shape(), weight.layout().shape(), geometry);
+            if s.pointwise() && x.is_contiguous() && weight.is_contiguous() {
+                let (_, bias) = values(&bias);
+                return pointwise_forward(&x, &weight, &bias, &s);
+            }
             let (x_shape, x) = values(&x);
             let (w_shape, w) = values(&weight);
             let (_, bias) = values(&bias);
@@ -969,6 +1083,12 @@ mod cpu {
             geometry: Geometry,
             [need_x, need_w, need_b]: [bool; 3],
         ) -> [Option<FlexTensor>; 3] {
+            let pointwise = ConvSizes::of(x.layout().shape(), weight.layout().shape(), geometry);
+            if pointwise.pointwise() && [&x, &weight, &grad].iter().all(|t| t.is_contiguous()) {
+                let [dx, dw] = pointwise_backward(&x, &weight, &grad, &pointwise, [need_x, need_w]);
+                let db = need_b.then(|| bias_gradient(&grad, &pointwise));
+                return [dx, dw, db];
+            }
             let dx = need_x.then(|| match turned_geometry(&weight, geometry) {
                 Some(turned) if super::turned_input_gradient() => {
                     Self::conv_forward(grad.clone(), turn(&weight), zeros_bias(&x), turned)
@@ -999,18 +1119,7 @@ mod cpu {
             let (_, grad) = values(&grad);
             let s = ConvSizes::of(&x_shape, &w_shape, geometry);
             let plane = s.out_plane();
-            let db = need_b.then(|| {
-                let db: Vec<f32> = (0..s.c_out)
-                    .into_par_iter()
-                    .map(|c| {
-                        (0..s.n)
-                            .flat_map(|b| &grad[(b * s.c_out + c) * plane..][..plane])
-                            .map(|&v| v as f64)
-                            .sum::<f64>() as f32
-                    })
-                    .collect();
-                tensor(db, vec![s.c_out])
-            });
+            let db = need_b.then(|| bias_gradient_of(&grad, &s));
             // dW^T = sum over blocks of col [k, m * oh * ow] x dY^T [m * oh * ow, c_out].
             let mut dwt = need_w.then(|| vec![0f32; s.k() * s.c_out]);
             for images in blocks(&s) {
@@ -1813,7 +1922,23 @@ mod tests {
                 Explicit(0, 0, 1, 1),
                 true,
             ),
+            // 1x1 at stride 1 unpadded (direct products): batch 2, 1 and 5, channel counts off
+            // multiples of 8, and without the input gradient (a network's first layer).
             (2, [5, 7], [1, 1], [6, 6], [1, 1], Valid, true),
+            (1, [13, 6], [1, 1], [5, 3], [1, 1], Valid, true),
+            (5, [9, 12], [1, 1], [4, 7], [1, 1], Valid, true),
+            (3, [17, 4], [1, 1], [8, 8], [1, 1], Valid, false),
+            // 1x1 strided or padded: through the column matrix.
+            (2, [6, 5], [1, 1], [7, 7], [2, 2], Valid, true),
+            (
+                2,
+                [4, 3],
+                [1, 1],
+                [4, 5],
+                [1, 1],
+                Explicit(1, 0, 0, 1),
+                true,
+            ),
             (1, [9, 3], [3, 3], [5, 5], [1, 1], Valid, true),
             (
                 2,

@@ -34,6 +34,11 @@ pub struct Cli {
     /// the turned one against.
     #[arg(long, global = true)]
     pub transposed_input_gradient: bool,
+    /// On the CPU backend, run 1x1 convolutions through the column matrix, as the 3x3 ones,
+    /// rather than as batched products on the tensors as they lie: the path to time or check
+    /// the products against.
+    #[arg(long, global = true)]
+    pub im2col_pointwise: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -77,6 +82,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     hayate_model::fused::set_fused(!cli.composed_ops);
     hayate_model::fused::set_turned_input_gradient(!cli.transposed_input_gradient);
+    hayate_model::fused::set_pointwise_products(!cli.im2col_pointwise);
     match cli.command {
         Command::Train(args) => args.run(),
         Command::Sample(args) => args.run(),
