@@ -950,6 +950,24 @@ mod cpu {
         <Flex as burn::backend::ops::FloatTensorOps<Flex>>::float_matmul(lhs, rhs)
     }
 
+    /// Positions per image from which a 1x1 layer's weight gradient is a product per image
+    /// (then summed); below, one product over the whole batch, whose depth (n * h * w) the
+    /// per-image products lack: at 4x4 and 8x8 those were 1.5-2x slower than the column
+    /// matrix's single product, at 16x16 and 32x32 up to 2.9x faster.
+    const POINTWISE_BATCHED_WEIGHT_GRADIENT: usize = 256;
+
+    /// The planes of `images` of `t` ([n, c, plane]) as [c, m * plane]: each channel's planes
+    /// side by side, the layout of a product over a block of images.
+    fn by_channel(t: &[f32], c: usize, plane: usize, images: std::ops::Range<usize>) -> Vec<f32> {
+        let m = images.len();
+        let mut out = vec![0f32; c * m * plane];
+        out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+            let (ch, b) = (i / m, images.start + i % m);
+            dst.copy_from_slice(&t[(b * c + ch) * plane..][..plane]);
+        });
+        out
+    }
+
     /// A 1x1 convolution's output as one batched product, the weight [1, c_out, c_in] by the
     /// images [n, c_in, h * w], which lands in [n, c_out, h * w] order: no column matrix (a copy
     /// of the input) and no reordering of the product, which the im2col path needs.
@@ -978,7 +996,8 @@ mod cpu {
     /// A 1x1 convolution's input gradient, the turned weight [1, c_in, c_out] (a view) by the
     /// output gradient [n, c_out, h * w], and weight gradient, the sum over images of
     /// dY [c_out, h * w] by the image's transpose [h * w, c_in] (a view): batched products on
-    /// the tensors as they lie.
+    /// the tensors as they lie (for small planes the weight gradient is one product over the
+    /// batch, see [`POINTWISE_BATCHED_WEIGHT_GRADIENT`]).
     fn pointwise_backward(
         x: &FlexTensor,
         weight: &FlexTensor,
@@ -996,6 +1015,20 @@ mod cpu {
             flex_matmul(w, dy.clone()).reshape(shape(vec![s.n, s.c_in, s.h, s.w]))
         });
         let dw = need_w.then(|| {
+            if plane < POINTWISE_BATCHED_WEIGHT_GRADIENT {
+                let (_, x) = values(x);
+                let (_, dy) = values(grad);
+                let dy = tensor(
+                    by_channel(&dy, s.c_out, plane, 0..s.n),
+                    vec![s.c_out, s.n * plane],
+                );
+                let x = tensor(
+                    by_channel(&x, s.c_in, plane, 0..s.n),
+                    vec![s.c_in, s.n * plane],
+                );
+                return flex_matmul(dy, x.transpose(0, 1))
+                    .reshape(shape(vec![s.c_out, s.c_in, 1, 1]));
+            }
             let xt = x.reshape(shape(vec![s.n, s.c_in, plane])).transpose(1, 2);
             let per_image = flex_matmul(dy.clone(), xt);
             let (_, per_image) = values(&per_image);
@@ -1125,11 +1158,7 @@ mod cpu {
             for images in blocks(&s) {
                 let m = images.len();
                 // The block's output gradient as [c_out, m * oh * ow], the product's layout.
-                let mut dy = vec![0f32; s.c_out * m * plane];
-                dy.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
-                    let (c, b) = (i / m, images.start + i % m);
-                    dst.copy_from_slice(&grad[(b * s.c_out + c) * plane..][..plane]);
-                });
+                let dy = by_channel(&grad, s.c_out, plane, images.clone());
                 let dy = tensor(dy, vec![s.c_out, m * plane]);
                 if let Some(dwt) = dwt.as_mut() {
                     let col = tensor(im2col(&x, &s, images), vec![s.k(), m * plane]);
@@ -1928,6 +1957,9 @@ mod tests {
             (1, [13, 6], [1, 1], [5, 3], [1, 1], Valid, true),
             (5, [9, 12], [1, 1], [4, 7], [1, 1], Valid, true),
             (3, [17, 4], [1, 1], [8, 8], [1, 1], Valid, false),
+            // Planes of 256 positions or more: the weight gradient as a product per image.
+            (2, [5, 7], [1, 1], [16, 17], [1, 1], Valid, true),
+            (1, [12, 3], [1, 1], [16, 16], [1, 1], Valid, false),
             // 1x1 strided or padded: through the column matrix.
             (2, [6, 5], [1, 1], [7, 7], [2, 2], Valid, true),
             (
