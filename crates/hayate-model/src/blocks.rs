@@ -312,11 +312,10 @@ impl AttentionBlock {
         let normed = fused::group_norm(&self.norm, x.clone(), false);
         // Each head sees its own slice of the channels.
         let split = |t: Tensor<4>| t.reshape([n, heads, d, h * w]);
-        let q = split(fused::conv2d(&self.query, normed.clone())).swap_dims(2, 3); // [n, heads, hw, d]
-        let k = split(fused::conv2d(&self.key, normed.clone())); // [n, heads, d, hw]
-        let v = split(fused::conv2d(&self.value, normed)).swap_dims(2, 3); // [n, heads, hw, d]
-        let weights = fused::softmax_last(q.matmul(k) * (1.0 / (d as f64).sqrt())); // [n, heads, hw, hw]
-        let attended = weights.matmul(v).swap_dims(2, 3).reshape([n, c, h, w]);
+        let q = split(fused::conv2d(&self.query, normed.clone())); // [n, heads, d, hw]
+        let k = split(fused::conv2d(&self.key, normed.clone()));
+        let v = split(fused::conv2d(&self.value, normed));
+        let attended = fused::attention(q, k, v, 1.0 / (d as f64).sqrt()).reshape([n, c, h, w]);
         x + fused::conv2d(&self.out, attended)
     }
 }

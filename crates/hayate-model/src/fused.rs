@@ -148,6 +148,26 @@ fn softmax_last_on(x: Tensor<4>, on: bool) -> Tensor<4> {
     burn::tensor::activation::softmax(x, 3)
 }
 
+/// Attention of each head's queries over its keys and values, all `[batch, heads, d, hw]`
+/// (channels first, as a 1x1 convolution leaves them), `softmax(q^T k * scale)` applied to
+/// `v`, returned as `[batch, heads, d, hw]`. On the CPU backend in f32 one op with its own
+/// backward, whose products run one (image, head) per rayon task (gemm does not thread
+/// products this shallow, see [`conv2d`]'s 1x1 path); elsewhere Burn's batched matmuls around
+/// [`softmax_last`].
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    attention_on(q, k, v, scale, fused())
+}
+
+/// [`attention`] with the switch given rather than read.
+fn attention_on(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, on: bool) -> Tensor<4> {
+    #[cfg(feature = "cpu")]
+    if on && cpu::runs_fused(&q) && cpu::runs_fused(&k) && cpu::runs_fused(&v) {
+        return cpu::attention(q, k, v, scale);
+    }
+    let weights = softmax_last_on(q.swap_dims(2, 3).matmul(k) * scale, on); // [n, heads, hw, hw]
+    weights.matmul(v.swap_dims(2, 3)).swap_dims(2, 3)
+}
+
 /// The scalars of one Adam step (see [`adam_step`]), in f64 as the optimiser computes them.
 #[derive(Debug, Clone, Copy)]
 pub struct AdamScalars {
@@ -299,6 +319,17 @@ mod cpu {
         Tensor::from_dispatch(<burn::backend::Dispatch as FusedSoftmax>::softmax_last(
             x.into_dispatch(),
         ))
+    }
+
+    pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+        Tensor::from_dispatch(
+            <burn::backend::Dispatch as FusedAttention>::attention_heads(
+                q.into_dispatch(),
+                k.into_dispatch(),
+                v.into_dispatch(),
+                scale,
+            ),
+        )
     }
 
     #[allow(clippy::type_complexity)]
@@ -485,11 +516,12 @@ mod cpu {
         (columns * (16 * 1024usize).div_ceil(columns.max(1))).max(1)
     }
 
-    /// Softmax of each `columns`-long row of `x` into `out`.
+    /// Softmax of each `columns`-long row of `x` times `scale` (positive) into `out`.
     struct SoftmaxRows<'a> {
         out: &'a mut [f32],
         x: &'a [f32],
         columns: usize,
+        scale: f32,
     }
 
     impl pulp::WithSimd for SoftmaxRows<'_> {
@@ -519,7 +551,7 @@ mod cpu {
                 let mut x_chunks = x.chunks_exact(LANES);
                 for (o, x) in (&mut out_chunks).zip(&mut x_chunks) {
                     for k in 0..LANES {
-                        o[k] = exp(x[k] - max);
+                        o[k] = exp((x[k] - max) * self.scale);
                         sums[k] += o[k];
                     }
                 }
@@ -529,7 +561,7 @@ mod cpu {
                     .iter_mut()
                     .zip(x_chunks.remainder())
                 {
-                    *o = exp(v - max);
+                    *o = exp((v - max) * self.scale);
                     sum += *o;
                 }
                 let scale = 1.0 / sum;
@@ -540,12 +572,14 @@ mod cpu {
         }
     }
 
-    /// The softmax gradient of each `columns`-long row, from the output `y` and its gradient.
+    /// The gradient of each `columns`-long row of the softmax of x times `scale`, with respect
+    /// to x, from the output `y` and its gradient.
     struct SoftmaxGradRows<'a> {
         dx: &'a mut [f32],
         y: &'a [f32],
         grad: &'a [f32],
         columns: usize,
+        scale: f32,
     }
 
     impl pulp::WithSimd for SoftmaxGradRows<'_> {
@@ -576,7 +610,7 @@ mod cpu {
                         .map(|(&y, &g)| y * g)
                         .sum::<f32>();
                 for ((d, &y), &g) in dx.iter_mut().zip(y).zip(grad) {
-                    *d = y * (g - dot);
+                    *d = y * (g - dot) * self.scale;
                 }
             }
         }
@@ -591,7 +625,12 @@ mod cpu {
             out.par_chunks_mut(task)
                 .zip(x.par_chunks(task))
                 .for_each(|(out, x)| {
-                    pulp::Arch::new().dispatch(SoftmaxRows { out, x, columns });
+                    pulp::Arch::new().dispatch(SoftmaxRows {
+                        out,
+                        x,
+                        columns,
+                        scale: 1.0,
+                    });
                 });
             tensor(out, shape)
         }
@@ -611,9 +650,205 @@ mod cpu {
                         y,
                         grad,
                         columns,
+                        scale: 1.0,
                     });
                 });
             tensor(dx, shape)
+        }
+    }
+
+    /// Attention as Burn dispatches it: to flex, and to autodiff over flex.
+    #[backend_extension(Flex, Autodiff)]
+    pub trait FusedAttention: Backend {
+        /// For each (image, head) of `q`, `k`, `v` ([n, heads, d, hw]): v softmax(q^T k *
+        /// scale)^T, [n, heads, d, hw].
+        fn attention_heads(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            scale: f64,
+        ) -> FloatTensor<Self>;
+    }
+
+    /// The kernels behind [`FusedAttention`] on a backend without autodiff: the forward pass
+    /// also returns the weights softmax(q^T k * scale) ([n * heads, hw, hw]) for the backward
+    /// pass, which returns the gradients of `q`, `k` and `v`.
+    pub trait AttentionKernels: Backend {
+        fn attention_forward(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            scale: f64,
+        ) -> [FloatTensor<Self>; 2];
+
+        fn attention_backward(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            weights: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            scale: f64,
+        ) -> [FloatTensor<Self>; 3];
+    }
+
+    impl FusedAttention for Flex {
+        fn attention_heads(q: FlexTensor, k: FlexTensor, v: FlexTensor, scale: f64) -> FlexTensor {
+            let [out, _] = Self::attention_forward(q, k, v, scale);
+            out
+        }
+    }
+
+    impl<B: AttentionKernels, C: CheckpointStrategy> FusedAttention for Autodiff<B, C> {
+        fn attention_heads(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            scale: f64,
+        ) -> FloatTensor<Self> {
+            #[derive(Debug)]
+            struct AttentionBackward;
+
+            impl<B: AttentionKernels> Backward<B, 3> for AttentionBackward {
+                // q, k, v and the weights: the weights are kept, as the composed ops keep them.
+                type State = (
+                    B::FloatTensorPrimitive,
+                    B::FloatTensorPrimitive,
+                    B::FloatTensorPrimitive,
+                    B::FloatTensorPrimitive,
+                    f64,
+                );
+
+                fn backward(
+                    self,
+                    ops: Ops<Self::State, 3>,
+                    grads: &mut Gradients,
+                    _checkpointer: &mut Checkpointer,
+                ) {
+                    let [node_q, node_k, node_v] = ops.parents;
+                    let grad = grads.consume::<B>(&ops.node);
+                    let (q, k, v, weights, scale) = ops.state;
+                    let [dq, dk, dv] = B::attention_backward(q, k, v, weights, grad, scale);
+                    for (node, g) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+                        if let Some(node) = node {
+                            grads.register::<B>(node.id, g);
+                        }
+                    }
+                }
+            }
+
+            let nodes = [q.node(), k.node(), v.node()];
+            let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
+            match AttentionBackward
+                .prepare::<C>(nodes)
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let [out, weights] =
+                        B::attention_forward(q.clone(), k.clone(), v.clone(), scale);
+                    prep.finish((q, k, v, weights, scale), out)
+                }
+                OpsKind::UnTracked(prep) => {
+                    let [out, _] = B::attention_forward(q, k, v, scale);
+                    prep.finish(out)
+                }
+            }
+        }
+    }
+
+    /// `t` ([n, heads, d, hw]) as [n * heads, d, hw], contiguous (a copy only where it is a
+    /// view), and its sizes [n * heads, d, hw].
+    fn heads(t: &FlexTensor) -> (FlexTensor, [usize; 3]) {
+        let shape = t.layout().shape();
+        let sizes = [shape[0] * shape[1], shape[2], shape[3]];
+        let t = if t.is_contiguous() {
+            t.clone()
+        } else {
+            t.to_contiguous()
+        };
+        (t.reshape(burn::tensor::Shape::from(sizes.to_vec())), sizes)
+    }
+
+    impl AttentionKernels for Flex {
+        fn attention_forward(
+            q: FlexTensor,
+            k: FlexTensor,
+            v: FlexTensor,
+            scale: f64,
+        ) -> [FlexTensor; 2] {
+            let shape = q.layout().shape().to_vec();
+            let ((q, [b, d, hw]), (k, _), (v, _)) = (heads(&q), heads(&k), heads(&v));
+            let mut weights = vec![0f32; b * hw * hw];
+            let mut out = vec![0f32; b * d * hw];
+            weights
+                .par_chunks_mut(hw * hw)
+                .zip(out.par_chunks_mut(d * hw))
+                .enumerate()
+                .for_each(|(i, (w, o))| {
+                    // S = q^T k [hw, hw], its rows' softmax, then o = v w^T [d, hw].
+                    let scores =
+                        flex_matmul(image(&q, i, [d, hw]).transpose(0, 1), image(&k, i, [d, hw]));
+                    let (_, scores) = values(&scores);
+                    pulp::Arch::new().dispatch(SoftmaxRows {
+                        out: w,
+                        x: &scores,
+                        columns: hw,
+                        scale: scale as f32,
+                    });
+                    let wt = tensor(w.to_vec(), vec![hw, hw]).transpose(0, 1);
+                    let product = flex_matmul(image(&v, i, [d, hw]), wt);
+                    o.copy_from_slice(&values(&product).1);
+                });
+            [tensor(out, shape), tensor(weights, vec![b, hw, hw])]
+        }
+
+        fn attention_backward(
+            q: FlexTensor,
+            k: FlexTensor,
+            v: FlexTensor,
+            weights: FlexTensor,
+            grad: FlexTensor,
+            scale: f64,
+        ) -> [FlexTensor; 3] {
+            let shape = q.layout().shape().to_vec();
+            let ((q, [b, d, hw]), (k, _), (v, _)) = (heads(&q), heads(&k), heads(&v));
+            let (g, _) = heads(&grad);
+            let (_, w) = values(&weights);
+            let (mut dq, mut dk, mut dv) = (
+                vec![0f32; b * d * hw],
+                vec![0f32; b * d * hw],
+                vec![0f32; b * d * hw],
+            );
+            dq.par_chunks_mut(d * hw)
+                .zip(dk.par_chunks_mut(d * hw))
+                .zip(dv.par_chunks_mut(d * hw))
+                .enumerate()
+                .for_each(|(i, ((dq, dk), dv))| {
+                    let weights = &w[i * hw * hw..][..hw * hw];
+                    let wt = tensor(weights.to_vec(), vec![hw, hw]);
+                    let g = image(&g, i, [d, hw]);
+                    // dv = g w; d(weights) = g^T v; dS = the softmax's gradient (scaled);
+                    // dq = k dS^T; dk = q dS.
+                    dv.copy_from_slice(&values(&flex_matmul(g.clone(), wt)).1);
+                    let dweights = flex_matmul(g.transpose(0, 1), image(&v, i, [d, hw]));
+                    let mut ds = vec![0f32; hw * hw];
+                    pulp::Arch::new().dispatch(SoftmaxGradRows {
+                        dx: &mut ds,
+                        y: weights,
+                        grad: &values(&dweights).1,
+                        columns: hw,
+                        scale: scale as f32,
+                    });
+                    let ds = tensor(ds, vec![hw, hw]);
+                    let dq_product = flex_matmul(image(&k, i, [d, hw]), ds.transpose(0, 1));
+                    dq.copy_from_slice(&values(&dq_product).1);
+                    dk.copy_from_slice(&values(&flex_matmul(image(&q, i, [d, hw]), ds)).1);
+                });
+            [
+                tensor(dq, shape.clone()),
+                tensor(dk, shape.clone()),
+                tensor(dv, shape),
+            ]
         }
     }
 
@@ -1840,6 +2075,58 @@ mod tests {
                 assert!(
                     error < 1e-5,
                     "{name} differs by {error:e} ({shape:?}, scale {scale})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_attention_equals_burns_forward_and_backward_over_many_shapes() {
+        let device = Device::flex().autodiff();
+        // Batch 1 and more, one head and several, head sizes and positions off multiples of 8
+        // (the 16x16 and 4x4 maps of ddpm_cifar10 among them), and a large scale.
+        for ([n, heads, d, hw], scale) in [
+            ([1, 1, 1, 1], 1.0),
+            ([2, 1, 8, 16], 0.35),
+            ([1, 3, 5, 17], 0.45),
+            ([3, 2, 16, 64], 0.25),
+            ([2, 1, 32, 256], 0.18),
+            ([1, 2, 7, 9], 4.0),
+        ] {
+            let random = |sigma: f64| {
+                Tensor::<4>::random([n, heads, d, hw], Distribution::Normal(0.2, sigma), &device)
+            };
+            let (q, k, v) = (random(1.0), random(1.0), random(2.0));
+            let upstream = random(1.0);
+            assert!(
+                cpu::runs_fused(&q),
+                "the CPU backend must take the fused path"
+            );
+            let run = |on: bool| {
+                let (q, k, v) = (
+                    q.clone().require_grad(),
+                    k.clone().require_grad(),
+                    v.clone().require_grad(),
+                );
+                let y = attention_on(q.clone(), k.clone(), v.clone(), scale, on);
+                let grads = (y.clone() * upstream.clone()).sum().backward();
+                (
+                    y.without_autodiff(),
+                    q.grad(&grads).unwrap(),
+                    k.grad(&grads).unwrap(),
+                    v.grad(&grads).unwrap(),
+                )
+            };
+            let (composed, fused) = (run(false), run(true));
+            for (name, error) in [
+                ("output", max_error(fused.0, composed.0)),
+                ("q gradient", max_error(fused.1, composed.1)),
+                ("k gradient", max_error(fused.2, composed.2)),
+                ("v gradient", max_error(fused.3, composed.3)),
+            ] {
+                assert!(
+                    error < 1e-5,
+                    "{name} differs by {error:e} ({n}x{heads} heads of {d}x{hw}, scale {scale})"
                 );
             }
         }
