@@ -322,17 +322,17 @@ impl DiTBlock {
         let [n, tokens, d] = x.dims();
         let heads = self.heads;
         let hd = d / heads;
-        // [3, n, heads, tokens, hd]
+        // [3, n, heads, hd, tokens]: each head channels first, as `fused::attention` takes it.
         let qkv = self
             .qkv
             .forward(x)
             .reshape([n, tokens, 3, heads, hd])
-            .permute([2, 0, 3, 1, 4]);
-        let part = |k: usize| qkv.clone().narrow(0, k, 1).reshape([n, heads, tokens, hd]);
+            .permute([2, 0, 3, 4, 1]);
+        let part = |k: usize| qkv.clone().narrow(0, k, 1).reshape([n, heads, hd, tokens]);
         let (q, k, v) = (part(0), part(1), part(2));
-        let weights =
-            crate::fused::softmax_last(q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()));
-        let attended = weights.matmul(v).swap_dims(1, 2).reshape([n, tokens, d]);
+        let attended = crate::fused::attention(q, k, v, 1.0 / (hd as f64).sqrt())
+            .permute([0, 3, 1, 2])
+            .reshape([n, tokens, d]);
         self.proj.forward(attended)
     }
 }
