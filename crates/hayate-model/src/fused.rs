@@ -2084,14 +2084,14 @@ mod tests {
     fn fused_attention_equals_burns_forward_and_backward_over_many_shapes() {
         let device = Device::flex().autodiff();
         // Batch 1 and more, one head and several, head sizes and positions off multiples of 8
-        // (the 16x16 and 4x4 maps of ddpm_cifar10 among them), and a large scale.
+        // (the 16x16 and 4x4 maps of ddpm_cifar10 among them), and a scale above 1.
         for ([n, heads, d, hw], scale) in [
             ([1, 1, 1, 1], 1.0),
             ([2, 1, 8, 16], 0.35),
             ([1, 3, 5, 17], 0.45),
             ([3, 2, 16, 64], 0.25),
             ([2, 1, 32, 256], 0.18),
-            ([1, 2, 7, 9], 4.0),
+            ([1, 2, 7, 9], 1.5),
         ] {
             let random = |sigma: f64| {
                 Tensor::<4>::random([n, heads, d, hw], Distribution::Normal(0.2, sigma), &device)
