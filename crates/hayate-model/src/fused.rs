@@ -28,7 +28,7 @@ pub fn fused() -> bool {
 static POINTWISE_PRODUCTS: AtomicBool = AtomicBool::new(true);
 
 /// Chooses how the fused CPU convolution runs a 1x1 stride-1 layer (for the whole process): on
-/// (the default), as batched products on the tensors as they lie; off, through the column
+/// (the default), as one product per image on the tensors as they lie; off, through the column
 /// matrix as every other kernel size: the path to time the products against.
 pub fn set_pointwise_products(on: bool) {
     POINTWISE_PRODUCTS.store(on, Ordering::Relaxed);
@@ -98,7 +98,7 @@ fn group_norm_on(norm: &GroupNorm, x: Tensor<4>, with_silu: bool, on: bool) -> T
 /// dilation, im2col (over blocks of images where the whole batch's would be large) and one
 /// matrix product per block for the output and for the weight gradient (flex runs a product
 /// per image and 512-pixel tile, and its weight gradient as a convolution over swapped
-/// dimensions); a 1x1 stride-1 layer as batched products with no column matrix at all. The
+/// dimensions); a 1x1 stride-1 layer as one product per image with no column matrix at all. The
 /// input gradient is Burn's transposed convolution, except into few channels (see
 /// [`set_turned_input_gradient`]); every other convolution is Burn's.
 ///

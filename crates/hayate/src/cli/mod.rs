@@ -35,7 +35,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub transposed_input_gradient: bool,
     /// On the CPU backend, run 1x1 convolutions through the column matrix, as the 3x3 ones,
-    /// rather than as batched products on the tensors as they lie: the path to time or check
+    /// rather than as one product per image on the tensors as they lie: the path to time or check
     /// the products against.
     #[arg(long, global = true)]
     pub im2col_pointwise: bool,
