@@ -95,10 +95,12 @@ fn group_norm_on(norm: &GroupNorm, x: Tensor<4>, with_silu: bool, on: bool) -> T
 }
 
 /// `conv.forward(x)`: on the CPU backend, for an f32 convolution with a bias, no groups and no
-/// dilation, im2col (over blocks of images where the whole batch's would be large) and one
-/// matrix product per block for the output and for the weight gradient (flex runs a product
-/// per image and 512-pixel tile, and its weight gradient as a convolution over swapped
-/// dimensions); a 1x1 stride-1 layer as one product per image with no column matrix at all. The
+/// dilation, im2col and matrix products: the output one image per rayon task where it has 256
+/// positions or more, else one product per block of images (over blocks where the whole
+/// batch's column matrix would be large), and the weight gradient one product per block (flex
+/// runs a product per image and 512-pixel tile, and its weight gradient as a convolution over
+/// swapped dimensions); a 1x1 stride-1 layer as one product per image with no column matrix at
+/// all. The
 /// input gradient is Burn's transposed convolution, except into few channels (see
 /// [`set_turned_input_gradient`]); every other convolution is Burn's.
 ///
@@ -1069,7 +1071,9 @@ mod cpu {
     /// 8) made the product wait on memory: in blocks, the 384-channel layer at 32x32 ran its
     /// forward 1.45x faster and the weight gradients at 32x32 1.2-1.3x. Blocks of 2,048 columns
     /// made the tiny model's small layers (k <= 576, 9.4 MB at most) 8% slower, so they stay
-    /// whole; 4,096 columns was slower for the 384-channel layer.
+    /// whole; 4,096 columns was slower for the 384-channel layer. (The forward at 256 output
+    /// positions or more has since gone one image per task, see [`PER_IMAGE_FROM`]; the blocks
+    /// serve the weight gradient and the smaller forwards.)
     const WHOLE_BATCH_BYTES: usize = 16 << 20;
 
     /// See [`WHOLE_BATCH_BYTES`].
@@ -1364,10 +1368,9 @@ mod cpu {
                 let (_, bias) = values(&bias);
                 return pointwise_forward(&x, &weight, &bias, &s);
             }
-            let (x_shape, x) = values(&x);
-            let (w_shape, w) = values(&weight);
+            let (_, x) = values(&x);
+            let (_, w) = values(&weight);
             let (_, bias) = values(&bias);
-            let s = ConvSizes::of(&x_shape, &w_shape, geometry);
             let w = tensor(w.into_owned(), vec![s.c_out, s.k()]);
             let plane = s.out_plane();
             let mut out = vec![0f32; s.n * s.c_out * plane];
@@ -1416,10 +1419,10 @@ mod cpu {
             geometry: Geometry,
             [need_x, need_w, need_b]: [bool; 3],
         ) -> [Option<FlexTensor>; 3] {
-            let pointwise = ConvSizes::of(x.layout().shape(), weight.layout().shape(), geometry);
-            if pointwise.pointwise() && [&x, &weight, &grad].iter().all(|t| t.is_contiguous()) {
-                let [dx, dw] = pointwise_backward(&x, &weight, &grad, &pointwise, [need_x, need_w]);
-                let db = need_b.then(|| bias_gradient(&grad, &pointwise));
+            let s = ConvSizes::of(x.layout().shape(), weight.layout().shape(), geometry);
+            if s.pointwise() && [&x, &weight, &grad].iter().all(|t| t.is_contiguous()) {
+                let [dx, dw] = pointwise_backward(&x, &weight, &grad, &s, [need_x, need_w]);
+                let db = need_b.then(|| bias_gradient(&grad, &s));
                 return [dx, dw, db];
             }
             let dx = need_x.then(|| match turned_geometry(&weight, geometry) {
@@ -1447,29 +1450,24 @@ mod cpu {
             if !(need_w || need_b) {
                 return [dx, None, None];
             }
-            let (x_shape, x) = values(&x);
+            let (_, x) = values(&x);
             let w_shape = weight.layout().shape().to_vec();
             let (_, grad) = values(&grad);
-            let s = ConvSizes::of(&x_shape, &w_shape, geometry);
             let plane = s.out_plane();
             let db = need_b.then(|| bias_gradient_of(&grad, &s));
             // dW^T = sum over blocks of col [k, m * oh * ow] x dY^T [m * oh * ow, c_out].
-            let mut dwt = need_w.then(|| vec![0f32; s.k() * s.c_out]);
-            // (The loop only for the weight gradient: the bias gradient is done.)
-            let wanted = dwt.is_some();
-            for images in blocks(&s).filter(|_| wanted) {
-                let m = images.len();
-                // The block's output gradient as [c_out, m * oh * ow], the product's layout.
-                let dy = by_channel(&grad, s.c_out, plane, images.clone());
-                let dy = tensor(dy, vec![s.c_out, m * plane]);
-                if let Some(dwt) = dwt.as_mut() {
+            let dw = need_w.then(|| {
+                let mut dwt = vec![0f32; s.k() * s.c_out];
+                for images in blocks(&s) {
+                    let m = images.len();
+                    // The block's output gradient as [c_out, m * oh * ow], the product's layout.
+                    let dy = by_channel(&grad, s.c_out, plane, images.clone());
+                    let dy = tensor(dy, vec![s.c_out, m * plane]);
                     let col = tensor(im2col(&x, &s, images), vec![s.k(), m * plane]);
                     let product = flex_matmul(col, dy.transpose(0, 1));
                     let (_, product) = values(&product);
                     dwt.par_iter_mut().zip(&*product).for_each(|(d, v)| *d += v);
                 }
-            }
-            let dw = dwt.map(|dwt| {
                 tensor(dwt, vec![s.k(), s.c_out])
                     .transpose(0, 1)
                     .to_contiguous()
