@@ -543,17 +543,20 @@ mod cpu {
                         *lane = lane.max(v);
                     }
                 }
+                // The scale applied before the max is taken off, as the composed ops apply it
+                // (the largest scaled value is the scaled largest: rounding keeps the order).
                 let max = chunks
                     .remainder()
                     .iter()
                     .chain(&lanes)
-                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+                    * self.scale;
                 let mut sums = [0f32; LANES];
                 let mut out_chunks = out.chunks_exact_mut(LANES);
                 let mut x_chunks = x.chunks_exact(LANES);
                 for (o, x) in (&mut out_chunks).zip(&mut x_chunks) {
                     for k in 0..LANES {
-                        o[k] = exp((x[k] - max) * self.scale);
+                        o[k] = exp(x[k] * self.scale - max);
                         sums[k] += o[k];
                     }
                 }
@@ -563,7 +566,7 @@ mod cpu {
                     .iter_mut()
                     .zip(x_chunks.remainder())
                 {
-                    *o = exp((v - max) * self.scale);
+                    *o = exp(v * self.scale - max);
                     sum += *o;
                 }
                 let scale = 1.0 / sum;
