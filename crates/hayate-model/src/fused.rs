@@ -56,6 +56,23 @@ pub fn turned_input_gradient() -> bool {
     TURNED_INPUT_GRADIENT.load(Ordering::Relaxed)
 }
 
+static SHIFTED_PRODUCTS: AtomicBool = AtomicBool::new(true);
+
+/// Chooses how the fused CPU convolution runs a stride-1 kernel larger than 1x1 (for the whole
+/// process): on (the default), as one product per kernel position on the padded input shifted,
+/// with no column matrix, for the parts and sizes where that measured faster (the weight
+/// gradient from 16x16; see `cpu::Part`); off, through the column matrix (and Burn's
+/// transposed convolution for the input gradient) throughout: the path to time the shifted
+/// products against.
+pub fn set_shifted_products(on: bool) {
+    SHIFTED_PRODUCTS.store(on, Ordering::Relaxed);
+}
+
+/// Whether those layers run as shifted products (see [`set_shifted_products`]).
+pub fn shifted_products() -> bool {
+    SHIFTED_PRODUCTS.load(Ordering::Relaxed)
+}
+
 /// `norm.forward(x)`, followed by SiLU where `with_silu`: fused on the CPU backend for an f32
 /// affine GroupNorm, Burn's composed ops otherwise.
 ///
@@ -1152,18 +1169,24 @@ mod cpu {
     /// taken: a stride-1 kernel larger than 1x1 into fewer than [`TURNED_BELOW_CHANNELS`]
     /// channels, padded by at most its size less one on each side.
     fn turned_geometry(weight: &FlexTensor, g: Geometry) -> Option<Geometry> {
+        (weight.layout().shape()[0] < TURNED_BELOW_CHANNELS)
+            .then(|| turned(weight, g))
+            .flatten()
+    }
+
+    /// The geometry of a stride-1 layer's input gradient as a forward convolution by the
+    /// turned kernel (see [`turn`]): stride 1, padding kernel - 1 - padding, where the kernel
+    /// is larger than 1x1 and padded by at most its size less one on each side.
+    fn turned(weight: &FlexTensor, g: Geometry) -> Option<Geometry> {
         let shape = weight.layout().shape();
-        let (c_out, kh, kw) = (shape[0], shape[2], shape[3]);
+        let (kh, kw) = (shape[2], shape[3]);
         let [top, bottom, left, right] = g.pad;
-        (g.stride == [1, 1]
-            && c_out < TURNED_BELOW_CHANNELS
-            && kh * kw > 1
-            && top.max(bottom) < kh
-            && left.max(right) < kw)
-            .then(|| Geometry {
+        (g.stride == [1, 1] && kh * kw > 1 && top.max(bottom) < kh && left.max(right) < kw).then(
+            || Geometry {
                 stride: [1, 1],
                 pad: [kh - 1 - top, kh - 1 - bottom, kw - 1 - left, kw - 1 - right],
-            })
+            },
+        )
     }
 
     /// The kernel [c_out, c_in, kh, kw] turned for the input gradient: [c_in, c_out, kh, kw],
@@ -1249,6 +1272,296 @@ mod cpu {
     fn image(t: &FlexTensor, b: usize, [rows, cols]: [usize; 2]) -> FlexTensor {
         t.narrow(0, b, 1)
             .reshape(burn::tensor::Shape::from(vec![rows, cols]))
+    }
+
+    /// A matrix in a slice: element (i, j) at `offset + i * rows + j * cols` (the row and
+    /// column strides).
+    #[derive(Clone, Copy)]
+    pub struct Strided {
+        offset: usize,
+        rows: usize,
+        cols: usize,
+    }
+
+    impl Strided {
+        pub fn at(offset: usize, rows: usize, cols: usize) -> Self {
+            Self { offset, rows, cols }
+        }
+
+        /// The largest index of a [m, n] matrix so laid out (m, n >= 1).
+        fn last(&self, [m, n]: [usize; 2]) -> usize {
+            self.offset + (m - 1) * self.rows + (n - 1) * self.cols
+        }
+    }
+
+    /// dst = lhs x rhs, or dst += lhs x rhs where `accumulate`, for [m, k] by [k, n] matrices
+    /// laid out in their slices as given: gemm's own call, which flex's product does not expose
+    /// (it neither accumulates nor takes a view at an offset into a buffer). Checks that every
+    /// index it reaches lies in its slice and that no two elements of `dst` share one, which
+    /// is what makes the call sound.
+    #[allow(unsafe_code, clippy::too_many_arguments)]
+    pub fn product(
+        [m, n, k]: [usize; 3],
+        dst: &mut [f32],
+        d: Strided,
+        lhs: &[f32],
+        l: Strided,
+        rhs: &[f32],
+        r: Strided,
+        accumulate: bool,
+        threaded: bool,
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        let distinct =
+            (d.cols >= 1 && d.rows >= d.cols * n) || (d.rows >= 1 && d.cols >= d.rows * m);
+        assert!(distinct, "product: overlapping output strides");
+        assert!(d.last([m, n]) < dst.len(), "product: output out of bounds");
+        if k == 0 {
+            if !accumulate {
+                (0..m).for_each(|i| {
+                    (0..n).for_each(|j| dst[d.offset + i * d.rows + j * d.cols] = 0.0)
+                });
+            }
+            return;
+        }
+        assert!(
+            l.last([m, k]) < lhs.len(),
+            "product: left operand out of bounds"
+        );
+        assert!(
+            r.last([k, n]) < rhs.len(),
+            "product: right operand out of bounds"
+        );
+        let parallelism = if threaded {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: every index gemm reads or writes is below the largest checked above, the
+        // output's are distinct, and `dst` is borrowed mutably, so it aliases neither operand.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr().add(d.offset),
+                d.cols as isize,
+                d.rows as isize,
+                accumulate,
+                lhs.as_ptr().add(l.offset),
+                l.cols as isize,
+                l.rows as isize,
+                rhs.as_ptr().add(r.offset),
+                r.cols as isize,
+                r.rows as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+
+    /// Which parts of a stride-1 convolution with a kernel larger than 1x1 run as shifted
+    /// products (see [`Grid`]) rather than through the column matrix (Burn's transposed
+    /// convolution for the input gradient). Measured per layer against the column matrix, in
+    /// one process, the two alternating (docs/results.md): the grid's spare columns and rows
+    /// cost 13% more work at 32x32, 27% at 16x16 and 56% at 8x8, and the products are only
+    /// c_in (forward) or c_out (input gradient) deep, not kh * kw times that.
+    /// - The weight gradient, from 16x16: 1.1-2.4x over the UNets' layers at 16x16 and 32x32.
+    /// - The input gradient, at 32x32 and at 16x16 into 128 channels or fewer, from 16 output
+    ///   channels: 1.06-1.35x at 32x32, 1.07-1.40x at 16x16 for 64->64, 96->64 and 128->128
+    ///   (1.0x for 32->64 and 128->64); at 16x16 into 256 channels 0.85-0.93x, and into 3
+    ///   channels (products 3 deep) 0.89x, where Burn's and the turned kernel's column
+    ///   matrix do better.
+    /// - The forward, from 32x32 into fewer than 64 channels: 1.16x for 96->32 and 2.4x for
+    ///   128->3, where the column matrix's k x positions values cost more than the product
+    ///   (c_out multiply-adds each); even at 32x32 into 128 or 256 channels, and 0.6x at 16x16.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Part {
+        Forward,
+        InputGradient,
+        WeightGradient,
+    }
+
+    /// Whether `part` of a convolution of these sizes runs as shifted products (see [`Part`]).
+    fn shifted(s: &ConvSizes, part: Part) -> bool {
+        let plane = s.out_plane();
+        super::shifted_products()
+            && s.n > 0
+            && s.g.stride == [1, 1]
+            && s.kh * s.kw > 1
+            && match part {
+                Part::WeightGradient => plane >= 256,
+                Part::InputGradient => {
+                    s.c_out >= TURNED_BELOW_CHANNELS
+                        && (plane >= 1024 || (plane >= 256 && s.c_in <= 128))
+                }
+                Part::Forward => plane >= 1024 && s.c_out < 64,
+            }
+    }
+
+    /// The padded grid of a stride-1 convolution. Each image's plane is padded to [hp, wp] and
+    /// the planes are stored by channel, [c, n * hp * wp]. Output position (oy, ox) of image b
+    /// sits at grid index q = b * hp * wp + oy * wp + ox, and kernel position (ky, kx) reads
+    /// the padded input at q + ky * wp + kx: for each kernel position the input it multiplies
+    /// is the padded input shifted by a constant, a strided view, so the convolution is one
+    /// product per kernel position with no column matrix (which writes and reads the input
+    /// kh * kw times over). The grid's columns ow..wp and rows oh..hp hold no output: their
+    /// outputs are dropped, and their output gradients are zero, so what they read from the
+    /// next row or image adds nothing.
+    struct Grid {
+        wp: usize,
+        plane: usize,
+        /// Grid indices from the first output to the last, the depth (or width) of the
+        /// products: the last read, at the last output plus the largest shift, is the last
+        /// element of the padded input.
+        len: usize,
+    }
+
+    impl Grid {
+        fn of(s: &ConvSizes) -> Self {
+            let [top, bottom, left, right] = s.g.pad;
+            let (hp, wp) = (s.h + top + bottom, s.w + left + right);
+            let plane = hp * wp;
+            Self {
+                wp,
+                plane,
+                len: (s.n - 1) * plane + (s.oh - 1) * wp + s.ow,
+            }
+        }
+
+        /// Where kernel position `tap` (ky * kw + kx) reads, relative to the output's index.
+        fn shift(&self, tap: usize, s: &ConvSizes) -> usize {
+            tap / s.kw * self.wp + tap % s.kw
+        }
+
+        /// `t` ([n, c, h, w]) on the grid by channel, [c, n * plane], each plane's values at row
+        /// `top` and column `left` of its grid plane, zeros around.
+        fn place(&self, t: &[f32], [n, c, h, w]: [usize; 4], [top, left]: [usize; 2]) -> Vec<f32> {
+            let mut out = vec![0f32; c * n * self.plane];
+            out.par_chunks_mut(self.plane)
+                .enumerate()
+                .for_each(|(i, dst)| {
+                    let (ch, b) = (i / n, i % n);
+                    let src = &t[(b * c + ch) * h * w..][..h * w];
+                    for (y, row) in src.chunks(w).enumerate() {
+                        dst[(y + top) * self.wp + left..][..w].copy_from_slice(row);
+                    }
+                });
+            out
+        }
+    }
+
+    /// Output columns per task of the shifted forward: each task accumulates its [c_out, 512]
+    /// block (0.5 MB at 256 channels, within the core's cache) over the kernel positions.
+    const SHIFTED_COLUMNS: usize = 512;
+
+    /// A stride-1 convolution's output ([n, c_out, oh, ow] values), bias added, as shifted
+    /// products (see [`Grid`]): per block of [`SHIFTED_COLUMNS`] grid columns, in a rayon task,
+    /// the sum over kernel positions of the weight's slice [c_out, c_in] by the padded input
+    /// shifted [c_in, columns] (a view), accumulated in place by gemm. The input gradient is
+    /// this by the turned kernel.
+    fn shifted_forward(x: &[f32], w: &[f32], bias: &[f32], s: &ConvSizes) -> Vec<f32> {
+        let grid = Grid::of(s);
+        let xp = grid.place(x, [s.n, s.c_in, s.h, s.w], [s.g.pad[0], s.g.pad[2]]);
+        let (row, taps, block) = (s.n * grid.plane, s.kh * s.kw, s.c_out * SHIFTED_COLUMNS);
+        // The weight by kernel position, [taps, c_out, c_in]: each position's slice read in
+        // rows rather than at a stride of taps.
+        let wt: Vec<f32> = (0..taps * s.c_out * s.c_in)
+            .map(|i| {
+                let (tap, co, ci) = (i / (s.c_out * s.c_in), i / s.c_in % s.c_out, i % s.c_in);
+                w[(co * s.c_in + ci) * taps + tap]
+            })
+            .collect();
+        let mut y = vec![0f32; grid.len.div_ceil(SHIFTED_COLUMNS) * block];
+        y.par_chunks_mut(block).enumerate().for_each(|(i, dst)| {
+            let q0 = i * SHIFTED_COLUMNS;
+            let cols = SHIFTED_COLUMNS.min(grid.len - q0);
+            for tap in 0..taps {
+                product(
+                    [s.c_out, cols, s.c_in],
+                    dst,
+                    Strided::at(0, SHIFTED_COLUMNS, 1),
+                    &wt,
+                    Strided::at(tap * s.c_out * s.c_in, s.c_in, 1),
+                    &xp,
+                    Strided::at(q0 + grid.shift(tap, s), row, 1),
+                    tap > 0,
+                    false,
+                );
+            }
+        });
+        // Back to [n, c_out, oh, ow] with the bias; a row of outputs may straddle two blocks.
+        let plane = s.out_plane();
+        let mut out = vec![0f32; s.n * s.c_out * plane];
+        out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+            let (b, c) = (i / s.c_out, i % s.c_out);
+            for (oy, dst) in dst.chunks_mut(s.ow).enumerate() {
+                let mut q = b * grid.plane + oy * grid.wp;
+                let mut done = 0;
+                while done < s.ow {
+                    let (blk, j) = (q / SHIFTED_COLUMNS, q % SHIFTED_COLUMNS);
+                    let take = (s.ow - done).min(SHIFTED_COLUMNS - j);
+                    let src = &y[blk * block + c * SHIFTED_COLUMNS + j..][..take];
+                    for (d, v) in dst[done..done + take].iter_mut().zip(src) {
+                        *d = v + bias[c];
+                    }
+                    (done, q) = (done + take, q + take);
+                }
+            }
+        });
+        out
+    }
+
+    /// A stride-1 convolution's weight gradient ([c_out, c_in, kh, kw] values) as shifted
+    /// products (see [`Grid`]): per kernel position, the output gradient on the grid
+    /// [c_out, len] by the padded input shifted, transposed [len, c_in] (a view). The products
+    /// are as deep as the batch's grid (9,000 at 32x32, batch 8); threaded by gemm, the nine
+    /// of a 3x3 layer ran 0.79x of the column matrix, so each runs on one thread instead.
+    fn shifted_weight_gradient(x: &[f32], dy: &[f32], s: &ConvSizes) -> Vec<f32> {
+        let grid = Grid::of(s);
+        let xp = grid.place(x, [s.n, s.c_in, s.h, s.w], [s.g.pad[0], s.g.pad[2]]);
+        let dyg = grid.place(dy, [s.n, s.c_out, s.oh, s.ow], [0, 0]);
+        let (row, taps) = (s.n * grid.plane, s.kh * s.kw);
+        // One task per kernel position and half of the input channels (18 tasks balance two
+        // threads better than 9), each product on one thread, into [taps, 2, c_out, half];
+        // then to [c_out, c_in, taps].
+        let half = s.c_in.div_ceil(2);
+        let block = s.c_out * half;
+        let mut parts = vec![0f32; taps * 2 * block];
+        parts
+            .par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(i, dst)| {
+                let (tap, c0) = (i / 2, i % 2 * half);
+                let cols = half.min(s.c_in - c0);
+                product(
+                    [s.c_out, cols, grid.len],
+                    dst,
+                    Strided::at(0, cols, 1),
+                    &dyg,
+                    Strided::at(0, row, 1),
+                    &xp,
+                    Strided::at(c0 * row + grid.shift(tap, s), 1, row),
+                    false,
+                    false,
+                );
+            });
+        let mut dw = vec![0f32; taps * s.c_out * s.c_in];
+        dw.par_chunks_mut(taps).enumerate().for_each(|(i, dst)| {
+            let (co, ci) = (i / s.c_in, i % s.c_in);
+            let (part, c) = (ci / half, ci % half);
+            let cols = half.min(s.c_in - part * half);
+            for (tap, d) in dst.iter_mut().enumerate() {
+                *d = parts[(tap * 2 + part) * block + co * cols + c];
+            }
+        });
+        dw
     }
 
     /// A 1x1 convolution's output: per image, the weight [c_out, c_in] by the image
@@ -1374,6 +1687,10 @@ mod cpu {
             let (_, x) = values(&x);
             let (_, w) = values(&weight);
             let (_, bias) = values(&bias);
+            if shifted(&s, Part::Forward) {
+                let out = shifted_forward(&x, &w, &bias, &s);
+                return tensor(out, vec![s.n, s.c_out, s.oh, s.ow]);
+            }
             let w = tensor(w.into_owned(), vec![s.c_out, s.k()]);
             let plane = s.out_plane();
             let mut out = vec![0f32; s.n * s.c_out * plane];
@@ -1428,26 +1745,39 @@ mod cpu {
                 let db = need_b.then(|| bias_gradient(&grad, &s));
                 return [dx, dw, db];
             }
-            let dx = need_x.then(|| match turned_geometry(&weight, geometry) {
-                Some(turned) if super::turned_input_gradient() => {
-                    Self::conv_forward(grad.clone(), turn(&weight), zeros_bias(&x), turned)
+            let dx = need_x.then(|| {
+                // The turned kernel's forward as shifted products (see [`Grid`]) for the
+                // layers that run so.
+                if let Some(g) =
+                    turned(&weight, geometry).filter(|_| shifted(&s, Part::InputGradient))
+                {
+                    let turned = turn(&weight);
+                    let t = ConvSizes::of(grad.layout().shape(), turned.layout().shape(), g);
+                    let zeros = vec![0f32; s.c_in];
+                    let dx = shifted_forward(&values(&grad).1, &values(&turned).1, &zeros, &t);
+                    return tensor(dx, vec![s.n, s.c_in, s.h, s.w]);
                 }
-                _ => {
-                    // Burn's (a transposed convolution: a product into a column matrix of
-                    // k x n x h x w values, c_out multiply-adds each, then col2im).
-                    let [top, bottom, left, right] = geometry.pad;
-                    let options = burn::tensor::ops::ConvOptions::new_with_padding(
-                        geometry.stride,
-                        [(top, bottom), (left, right)],
-                        [1, 1],
-                        1,
-                    );
-                    <Flex as burn::backend::ops::ModuleOps<Flex>>::conv2d_x_backward(
-                        x.clone(),
-                        weight.clone(),
-                        grad.clone(),
-                        options,
-                    )
+                match turned_geometry(&weight, geometry) {
+                    Some(g) if super::turned_input_gradient() => {
+                        Self::conv_forward(grad.clone(), turn(&weight), zeros_bias(&x), g)
+                    }
+                    _ => {
+                        // Burn's (a transposed convolution: a product into a column matrix of
+                        // k x n x h x w values, c_out multiply-adds each, then col2im).
+                        let [top, bottom, left, right] = geometry.pad;
+                        let options = burn::tensor::ops::ConvOptions::new_with_padding(
+                            geometry.stride,
+                            [(top, bottom), (left, right)],
+                            [1, 1],
+                            1,
+                        );
+                        <Flex as burn::backend::ops::ModuleOps<Flex>>::conv2d_x_backward(
+                            x.clone(),
+                            weight.clone(),
+                            grad.clone(),
+                            options,
+                        )
+                    }
                 }
             });
             if !(need_w || need_b) {
@@ -1460,6 +1790,9 @@ mod cpu {
             let db = need_b.then(|| bias_gradient_of(&grad, &s));
             // dW^T = sum over blocks of col [k, m * oh * ow] x dY^T [m * oh * ow, c_out].
             let dw = need_w.then(|| {
+                if shifted(&s, Part::WeightGradient) {
+                    return tensor(shifted_weight_gradient(&x, &grad, &s), w_shape.clone());
+                }
                 let mut dwt = vec![0f32; s.k() * s.c_out];
                 for images in blocks(&s) {
                     let m = images.len();
@@ -2238,6 +2571,96 @@ mod tests {
         }
     }
 
+    /// The naive product of the same strided views, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        [m, n, k]: [usize; 3],
+        dst: &mut [f32],
+        d: [usize; 3],
+        lhs: &[f32],
+        l: [usize; 3],
+        rhs: &[f32],
+        r: [usize; 3],
+        accumulate: bool,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let at = d[0] + i * d[1] + j * d[2];
+                let mut sum = if accumulate { dst[at] as f64 } else { 0.0 };
+                for p in 0..k {
+                    sum += lhs[l[0] + i * l[1] + p * l[2]] as f64
+                        * rhs[r[0] + p * r[1] + j * r[2]] as f64;
+                }
+                dst[at] = sum as f32;
+            }
+        }
+    }
+
+    #[test]
+    fn strided_products_equal_the_naive_product_and_refuse_out_of_bounds_views() {
+        use cpu::{Strided, product};
+        let values = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        // [m, n, k]; the output's, left's and right's (offset, row stride, column stride);
+        // threaded; accumulate: row-major, transposed views, offsets, gaps between rows.
+        type View = [usize; 3];
+        let cases: [([usize; 3], View, View, View, bool, bool); 5] = [
+            ([5, 7, 3], [0, 7, 1], [0, 3, 1], [0, 7, 1], false, false),
+            ([4, 6, 9], [2, 1, 5], [1, 1, 4], [3, 6, 1], true, false),
+            ([3, 5, 40], [0, 9, 1], [7, 50, 1], [4, 1, 60], false, true),
+            ([17, 33, 65], [0, 40, 1], [0, 70, 1], [5, 40, 1], true, true),
+            ([1, 1, 1], [3, 1, 1], [2, 1, 1], [1, 1, 1], false, true),
+        ];
+        for (shape, d, l, r, threaded, accumulate) in cases {
+            let [m, n, k] = shape;
+            let size = |v: [usize; 3], rows: usize, cols: usize| {
+                v[0] + (rows - 1) * v[1] + (cols - 1) * v[2] + 1
+            };
+            let lhs = values(size(l, m, k), 1);
+            let rhs = values(size(r, k, n), 2);
+            let start = values(size(d, m, n) + 3, 3);
+            let (mut got, mut want) = (start.clone(), start.clone());
+            let at = |v: [usize; 3]| Strided::at(v[0], v[1], v[2]);
+            product(
+                shape,
+                &mut got,
+                at(d),
+                &lhs,
+                at(l),
+                &rhs,
+                at(r),
+                accumulate,
+                threaded,
+            );
+            naive(shape, &mut want, d, &lhs, l, &rhs, r, accumulate);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{shape:?}: {g} against {w}"
+                );
+            }
+        }
+        // [2, 3] by [3, 2] into [2, 2]: in bounds as given; then one past the end of the
+        // right operand, the output, the left; then overlapping output rows.
+        let refused = |rhs_len: usize, d: Strided, l: Strided| {
+            std::panic::catch_unwind(|| {
+                let (a, b, mut c) = (vec![0f32; 6], vec![0f32; rhs_len], vec![0f32; 4]);
+                let r = Strided::at(0, 2, 1);
+                product([2, 2, 3], &mut c, d, &a, l, &b, r, false, false);
+            })
+            .is_err()
+        };
+        let (d, l) = (Strided::at(0, 2, 1), Strided::at(0, 3, 1));
+        assert!(!refused(6, d, l));
+        assert!(refused(5, d, l));
+        assert!(refused(6, Strided::at(1, 2, 1), l));
+        assert!(refused(6, d, Strided::at(1, 3, 1)));
+        assert!(refused(6, Strided::at(0, 1, 1), l));
+    }
+
     #[test]
     fn large_inputs_split_into_column_blocks() {
         let g = cpu::Geometry::new([1, 1], [1, 1, 1, 1]);
@@ -2248,6 +2671,18 @@ mod tests {
         assert_eq!(
             cpu::block_sizes(&[5, 64, 40, 40], &[4, 64, 3, 3], g),
             vec![2, 2, 1]
+        );
+        assert_eq!(
+            cpu::block_sizes(
+                &[16, 64, 48, 48],
+                &[5, 64, 3, 3],
+                cpu::Geometry::new([2, 2], [1; 4])
+            ),
+            vec![4; 4]
+        );
+        assert_eq!(
+            cpu::block_sizes(&[40, 64, 14, 14], &[6, 64, 3, 3], g),
+            vec![11, 11, 11, 7]
         );
         // Under 16 MiB: the whole batch (here 8 MB).
         assert_eq!(
@@ -2394,8 +2829,99 @@ mod tests {
                 Explicit(3, 1, 3, 1),
                 true,
             ),
-            // Column matrices over 16 MiB, in blocks of one image (2,304 output positions
-            // each), and of two, two and one (1,600 each).
+            // Shifted products (stride 1, a kernel larger than 1x1, planes of 16x16 or more):
+            // the weight gradient everywhere below; the input gradient at 32x32 into 16
+            // channels or more; the forward at 32x32 into fewer than 64. Channel counts off
+            // multiples of 8, batch 1, uneven and zero padding, 5x5, 1x3 and 3x1 kernels,
+            // outputs narrower than their grid by more than two columns.
+            (
+                2,
+                [5, 17],
+                [3, 3],
+                [32, 32],
+                [1, 1],
+                Explicit(1, 1, 1, 1),
+                true,
+            ),
+            (
+                1,
+                [3, 64],
+                [3, 3],
+                [32, 32],
+                [1, 1],
+                Explicit(1, 1, 1, 1),
+                true,
+            ),
+            (
+                3,
+                [7, 20],
+                [3, 3],
+                [16, 17],
+                [1, 1],
+                Explicit(2, 0, 1, 2),
+                true,
+            ),
+            (
+                2,
+                [4, 16],
+                [5, 5],
+                [32, 33],
+                [1, 1],
+                Explicit(2, 2, 2, 2),
+                true,
+            ),
+            (
+                2,
+                [6, 18],
+                [1, 3],
+                [32, 32],
+                [1, 1],
+                Explicit(0, 0, 1, 1),
+                true,
+            ),
+            (1, [5, 16], [3, 1], [34, 32], [1, 1], Valid, true),
+            (1, [6, 19], [3, 3], [34, 36], [1, 1], Valid, true),
+            (
+                2,
+                [3, 8],
+                [3, 3],
+                [32, 32],
+                [1, 1],
+                Explicit(1, 1, 1, 1),
+                false,
+            ),
+            // Padding past the kernel's size less one: Burn's input gradient, the rest shifted.
+            (
+                1,
+                [4, 16],
+                [3, 3],
+                [32, 30],
+                [1, 1],
+                Explicit(3, 1, 3, 1),
+                true,
+            ),
+            // Column matrices over 16 MiB: stride 2 at 48x48 (576 output positions, weight
+            // gradient in four blocks of four images), and 14x14 at batch 40 (blocks of 11, 11, 11
+            // and 7 images, forward and weight gradient).
+            (
+                16,
+                [64, 5],
+                [3, 3],
+                [48, 48],
+                [2, 2],
+                Explicit(1, 1, 1, 1),
+                true,
+            ),
+            (
+                40,
+                [64, 6],
+                [3, 3],
+                [14, 14],
+                [1, 1],
+                Explicit(1, 1, 1, 1),
+                true,
+            ),
+            // The same at 48x48 and 40x40, stride 1: shifted.
             (
                 4,
                 [64, 5],

@@ -39,6 +39,12 @@ pub struct Cli {
     /// the products against.
     #[arg(long, global = true)]
     pub im2col_pointwise: bool,
+    /// On the CPU backend, run stride-1 convolutions with kernels larger than 1x1 through the
+    /// column matrix (and Burn's transposed convolution for the input gradient) throughout,
+    /// rather than as one product per kernel position on the shifted padded input where that
+    /// measured faster: the path to time or check the shifted products against.
+    #[arg(long, global = true)]
+    pub im2col_3x3: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -83,6 +89,7 @@ pub fn run(cli: Cli) -> Result<()> {
     hayate_model::fused::set_fused(!cli.composed_ops);
     hayate_model::fused::set_turned_input_gradient(!cli.transposed_input_gradient);
     hayate_model::fused::set_pointwise_products(!cli.im2col_pointwise);
+    hayate_model::fused::set_shifted_products(!cli.im2col_3x3);
     match cli.command {
         Command::Train(args) => args.run(),
         Command::Sample(args) => args.run(),
