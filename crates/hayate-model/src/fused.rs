@@ -1164,16 +1164,6 @@ mod cpu {
     /// channels at 32x32), so those keep Burn's.
     const TURNED_BELOW_CHANNELS: usize = 16;
 
-    /// The geometry of the input gradient as a forward convolution of the output gradient by
-    /// the turned kernel, stride 1 and padding kernel - 1 - padding, where that is the path
-    /// taken: a stride-1 kernel larger than 1x1 into fewer than [`TURNED_BELOW_CHANNELS`]
-    /// channels, padded by at most its size less one on each side.
-    fn turned_geometry(weight: &FlexTensor, g: Geometry) -> Option<Geometry> {
-        (weight.layout().shape()[0] < TURNED_BELOW_CHANNELS)
-            .then(|| turned(weight, g))
-            .flatten()
-    }
-
     /// The geometry of a stride-1 layer's input gradient as a forward convolution by the
     /// turned kernel (see [`turn`]): stride 1, padding kernel - 1 - padding, where the kernel
     /// is larger than 1x1 and padded by at most its size less one on each side.
@@ -1224,12 +1214,29 @@ mod cpu {
     /// The planes of `images` of `t` ([n, c, plane]) as [c, m * plane]: each channel's planes
     /// side by side, the layout of a product over a block of images.
     fn by_channel(t: &[f32], c: usize, plane: usize, images: std::ops::Range<usize>) -> Vec<f32> {
+        padded_by_channel(t, [c, 1, plane], images, [1, plane], [0, 0])
+    }
+
+    /// The planes [h, w] of `images` of `t` ([n, c, h, w]) by channel, [c, m * hp * wp]: each
+    /// at row `top` and column `left` of its own [hp, wp] plane, zeros around.
+    fn padded_by_channel(
+        t: &[f32],
+        [c, h, w]: [usize; 3],
+        images: std::ops::Range<usize>,
+        [hp, wp]: [usize; 2],
+        [top, left]: [usize; 2],
+    ) -> Vec<f32> {
         let m = images.len();
-        let mut out = vec![0f32; c * m * plane];
-        out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
-            let (ch, b) = (i / m, images.start + i % m);
-            dst.copy_from_slice(&t[(b * c + ch) * plane..][..plane]);
-        });
+        let mut out = vec![0f32; c * m * hp * wp];
+        out.par_chunks_mut(hp * wp)
+            .enumerate()
+            .for_each(|(i, dst)| {
+                let (ch, b) = (i / m, images.start + i % m);
+                let src = &t[(b * c + ch) * h * w..][..h * w];
+                for (y, row) in src.chunks(w).enumerate() {
+                    dst[(y + top) * wp + left..][..w].copy_from_slice(row);
+                }
+            });
         out
     }
 
@@ -1415,6 +1422,7 @@ mod cpu {
     /// outputs are dropped, and their output gradients are zero, so what they read from the
     /// next row or image adds nothing.
     struct Grid {
+        hp: usize,
         wp: usize,
         plane: usize,
         /// Grid indices from the first output to the last, the depth (or width) of the
@@ -1429,6 +1437,7 @@ mod cpu {
             let (hp, wp) = (s.h + top + bottom, s.w + left + right);
             let plane = hp * wp;
             Self {
+                hp,
                 wp,
                 plane,
                 len: (s.n - 1) * plane + (s.oh - 1) * wp + s.ow,
@@ -1442,18 +1451,8 @@ mod cpu {
 
         /// `t` ([n, c, h, w]) on the grid by channel, [c, n * plane], each plane's values at row
         /// `top` and column `left` of its grid plane, zeros around.
-        fn place(&self, t: &[f32], [n, c, h, w]: [usize; 4], [top, left]: [usize; 2]) -> Vec<f32> {
-            let mut out = vec![0f32; c * n * self.plane];
-            out.par_chunks_mut(self.plane)
-                .enumerate()
-                .for_each(|(i, dst)| {
-                    let (ch, b) = (i / n, i % n);
-                    let src = &t[(b * c + ch) * h * w..][..h * w];
-                    for (y, row) in src.chunks(w).enumerate() {
-                        dst[(y + top) * self.wp + left..][..w].copy_from_slice(row);
-                    }
-                });
-            out
+        fn place(&self, t: &[f32], [n, c, h, w]: [usize; 4], at: [usize; 2]) -> Vec<f32> {
+            padded_by_channel(t, [c, h, w], 0..n, [self.hp, self.wp], at)
         }
     }
 
@@ -1461,23 +1460,30 @@ mod cpu {
     /// block (0.5 MB at 256 channels, within the core's cache) over the kernel positions.
     const SHIFTED_COLUMNS: usize = 512;
 
-    /// A stride-1 convolution's output ([n, c_out, oh, ow] values), bias added, as shifted
-    /// products (see [`Grid`]): per block of [`SHIFTED_COLUMNS`] grid columns, in a rayon task,
-    /// the sum over kernel positions of the weight's slice [c_out, c_in] by the padded input
-    /// shifted [c_in, columns] (a view), accumulated in place by gemm. The input gradient is
-    /// this by the turned kernel.
-    fn shifted_forward(x: &[f32], w: &[f32], bias: &[f32], s: &ConvSizes) -> Vec<f32> {
+    /// The weight [c_out, c_in, kh, kw] by kernel position, [taps, c_out, c_in], as the
+    /// shifted products read it (in rows rather than at a stride of taps); or, `turned`, the
+    /// turned kernel's (see [`turn`]) so laid out, [taps, c_in, c_out], the positions reversed.
+    fn by_tap(w: &[f32], [c_out, c_in, taps]: [usize; 3], turned: bool) -> Vec<f32> {
+        let mut out = vec![0f32; w.len()];
+        for (i, src) in w.chunks(taps).enumerate() {
+            let (co, ci) = (i / c_in, i % c_in);
+            for (tap, &v) in src.iter().enumerate() {
+                let at = if turned {
+                    ((taps - 1 - tap) * c_in + ci) * c_out + co
+                } else {
+                    (tap * c_out + co) * c_in + ci
+                };
+                out[at] = v;
+            }
+        }
+        out
+    }
+
+    /// See [`shifted_forward`]; `wt` is the weight by kernel position (see [`by_tap`]).
+    fn shifted_forward_by_tap(x: &[f32], wt: &[f32], bias: &[f32], s: &ConvSizes) -> Vec<f32> {
         let grid = Grid::of(s);
         let xp = grid.place(x, [s.n, s.c_in, s.h, s.w], [s.g.pad[0], s.g.pad[2]]);
         let (row, taps, block) = (s.n * grid.plane, s.kh * s.kw, s.c_out * SHIFTED_COLUMNS);
-        // The weight by kernel position, [taps, c_out, c_in]: each position's slice read in
-        // rows rather than at a stride of taps.
-        let wt: Vec<f32> = (0..taps * s.c_out * s.c_in)
-            .map(|i| {
-                let (tap, co, ci) = (i / (s.c_out * s.c_in), i / s.c_in % s.c_out, i % s.c_in);
-                w[(co * s.c_in + ci) * taps + tap]
-            })
-            .collect();
         let mut y = vec![0f32; grid.len.div_ceil(SHIFTED_COLUMNS) * block];
         y.par_chunks_mut(block).enumerate().for_each(|(i, dst)| {
             let q0 = i * SHIFTED_COLUMNS;
@@ -1487,7 +1493,7 @@ mod cpu {
                     [s.c_out, cols, s.c_in],
                     dst,
                     Strided::at(0, SHIFTED_COLUMNS, 1),
-                    &wt,
+                    wt,
                     Strided::at(tap * s.c_out * s.c_in, s.c_in, 1),
                     &xp,
                     Strided::at(q0 + grid.shift(tap, s), row, 1),
@@ -1516,6 +1522,16 @@ mod cpu {
             }
         });
         out
+    }
+
+    /// A stride-1 convolution's output ([n, c_out, oh, ow] values), bias added, as shifted
+    /// products (see [`Grid`]): per block of [`SHIFTED_COLUMNS`] grid columns, in a rayon task,
+    /// the sum over kernel positions of the weight's slice [c_out, c_in] by the padded input
+    /// shifted [c_in, columns] (a view), accumulated in place by gemm. (The input gradient
+    /// is this by the turned kernel, see [`by_tap`].)
+    fn shifted_forward(x: &[f32], w: &[f32], bias: &[f32], s: &ConvSizes) -> Vec<f32> {
+        let wt = by_tap(w, [s.c_out, s.c_in, s.kh * s.kw], false);
+        shifted_forward_by_tap(x, &wt, bias, s)
     }
 
     /// A stride-1 convolution's weight gradient ([c_out, c_in, kh, kw] values) as shifted
@@ -1745,39 +1761,35 @@ mod cpu {
                 let db = need_b.then(|| bias_gradient(&grad, &s));
                 return [dx, dw, db];
             }
-            let dx = need_x.then(|| {
-                // The turned kernel's forward as shifted products (see [`Grid`]) for the
-                // layers that run so.
-                if let Some(g) =
-                    turned(&weight, geometry).filter(|_| shifted(&s, Part::InputGradient))
-                {
-                    let turned = turn(&weight);
-                    let t = ConvSizes::of(grad.layout().shape(), turned.layout().shape(), g);
+            let dx = need_x.then(|| match turned(&weight, geometry) {
+                // The turned kernel's forward: as shifted products (see [`Grid`]) where those
+                // run, else through its column matrix for layers into few channels.
+                Some(g) if shifted(&s, Part::InputGradient) => {
+                    let t = ConvSizes::of(grad.layout().shape(), &[s.c_in, s.c_out, s.kh, s.kw], g);
+                    let wt = by_tap(&values(&weight).1, [s.c_out, s.c_in, s.kh * s.kw], true);
                     let zeros = vec![0f32; s.c_in];
-                    let dx = shifted_forward(&values(&grad).1, &values(&turned).1, &zeros, &t);
-                    return tensor(dx, vec![s.n, s.c_in, s.h, s.w]);
+                    let dx = shifted_forward_by_tap(&values(&grad).1, &wt, &zeros, &t);
+                    tensor(dx, vec![s.n, s.c_in, s.h, s.w])
                 }
-                match turned_geometry(&weight, geometry) {
-                    Some(g) if super::turned_input_gradient() => {
-                        Self::conv_forward(grad.clone(), turn(&weight), zeros_bias(&x), g)
-                    }
-                    _ => {
-                        // Burn's (a transposed convolution: a product into a column matrix of
-                        // k x n x h x w values, c_out multiply-adds each, then col2im).
-                        let [top, bottom, left, right] = geometry.pad;
-                        let options = burn::tensor::ops::ConvOptions::new_with_padding(
-                            geometry.stride,
-                            [(top, bottom), (left, right)],
-                            [1, 1],
-                            1,
-                        );
-                        <Flex as burn::backend::ops::ModuleOps<Flex>>::conv2d_x_backward(
-                            x.clone(),
-                            weight.clone(),
-                            grad.clone(),
-                            options,
-                        )
-                    }
+                Some(g) if s.c_out < TURNED_BELOW_CHANNELS && super::turned_input_gradient() => {
+                    Self::conv_forward(grad.clone(), turn(&weight), zeros_bias(&x), g)
+                }
+                _ => {
+                    // Burn's (a transposed convolution: a product into a column matrix of
+                    // k x n x h x w values, c_out multiply-adds each, then col2im).
+                    let [top, bottom, left, right] = geometry.pad;
+                    let options = burn::tensor::ops::ConvOptions::new_with_padding(
+                        geometry.stride,
+                        [(top, bottom), (left, right)],
+                        [1, 1],
+                        1,
+                    );
+                    <Flex as burn::backend::ops::ModuleOps<Flex>>::conv2d_x_backward(
+                        x.clone(),
+                        weight.clone(),
+                        grad.clone(),
+                        options,
+                    )
                 }
             });
             if !(need_w || need_b) {
